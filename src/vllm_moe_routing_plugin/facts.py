@@ -1,0 +1,208 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What is installed and which GPUs this process can see, without side effects.
+
+Versions come from ``importlib.metadata`` (never ``import flashinfer``: its
+import can raise on a companion-wheel mismatch and, per vLLM's
+``vllm/utils/flashinfer.py``, may touch CUDA). GPUs come from NVML (package
+``nvidia-ml-py``), which, unlike ``torch.cuda``, creates no CUDA context, so
+vLLM can still fork workers after the plugin ran (vLLM issue #8893).
+
+The edges that cannot be real on every machine (the NVML library, the
+installed distributions) are parameters, so tests hand in their answers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .settings import DEVICE_CAPABILITY, Capability
+
+VLLM = "vllm"
+TORCH = "torch"
+FLASHINFER = "flashinfer-python"
+FLASHINFER_CUBIN = "flashinfer-cubin"
+FLASHINFER_JIT_CACHE = "flashinfer-jit-cache"
+DISTRIBUTIONS: tuple[str, ...] = (
+    VLLM,
+    TORCH,
+    FLASHINFER,
+    FLASHINFER_CUBIN,
+    FLASHINFER_JIT_CACHE,
+)
+
+VersionOf = Callable[[str], "str | None"]
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution``, or None if it is not installed."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU as this process numbers it (after ``CUDA_VISIBLE_DEVICES``)."""
+
+    index: int
+    name: str
+    capability: Capability
+    source: str  # "nvml", the override variable's name, or "assumed"
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    gpus: tuple[Gpu, ...]
+    error: str | None = None  # why no GPU could be read, when none was
+
+
+@dataclass(frozen=True)
+class Facts:
+    """Everything the decision looks at."""
+
+    versions: Mapping[str, str | None]
+    gpus: tuple[Gpu, ...]
+    gpu_error: str | None = None
+    assumed: tuple[str, ...] = field(default=())  # facts given by what-if flags
+
+    def version(self, distribution: str) -> str | None:
+        return self.versions.get(distribution)
+
+
+def read_versions(
+    distributions: Sequence[str] = DISTRIBUTIONS,
+    version_of: VersionOf = installed_version,
+) -> dict[str, str | None]:
+    return {name: version_of(name) for name in distributions}
+
+
+def visible_device_entries(environ: Mapping[str, str]) -> list[str] | None:
+    """``CUDA_VISIBLE_DEVICES`` split into entries; None when unset (all GPUs).
+
+    CUDA stops at the first entry it cannot use; that is applied when the
+    entries are matched against the devices NVML reports.
+    """
+    raw = environ.get("CUDA_VISIBLE_DEVICES")
+    if raw is None:
+        return None
+    return [entry.strip() for entry in raw.split(",") if entry.strip()]
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def read_gpus_nvml(environ: Mapping[str, str], nvml: Any = None) -> GpuReading:
+    """Capabilities of the GPUs visible to CUDA in this process, through NVML.
+
+    ``nvml`` is the ``pynvml`` module or an object with the same functions.
+    ``CUDA_VISIBLE_DEVICES`` entries may be indices or (prefixes of) UUIDs, as
+    CUDA accepts them; an entry that names no device ends the list, as in CUDA.
+    Any NVML failure means "no GPU visible", with the error as the reason.
+    """
+    if nvml is None:
+        try:
+            import pynvml as nvml
+        except ImportError as exc:
+            return GpuReading((), f"NVML bindings not importable ({exc})")
+    try:
+        nvml.nvmlInit()
+    except Exception as exc:
+        return GpuReading((), f"NVML unavailable ({_describe(exc)})")
+    try:
+        count = int(nvml.nvmlDeviceGetCount())
+        handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
+        chosen = _select_visible(environ, handles, nvml)
+        gpus = tuple(
+            Gpu(
+                index=ordinal,
+                name=_text(nvml.nvmlDeviceGetName(handle)),
+                capability=_capability(nvml.nvmlDeviceGetCudaComputeCapability(handle)),
+                source="nvml",
+            )
+            for ordinal, handle in enumerate(chosen)
+        )
+    except Exception as exc:
+        return GpuReading((), f"NVML query failed ({_describe(exc)})")
+    finally:
+        with contextlib.suppress(Exception):  # shutting down is best effort
+            nvml.nvmlShutdown()
+    if not gpus:
+        return GpuReading((), "no GPU visible to CUDA in this process")
+    return GpuReading(gpus)
+
+
+def _capability(value: Any) -> Capability:
+    major, minor = value
+    return int(major), int(minor)
+
+
+def _select_visible(
+    environ: Mapping[str, str], handles: list[Any], nvml: Any
+) -> list[Any]:
+    entries = visible_device_entries(environ)
+    if entries is None:
+        return handles
+    uuids: list[str] | None = None
+    chosen: list[Any] = []
+    for entry in entries:
+        if entry.lstrip("-").isdigit():
+            index = int(entry)
+            if not 0 <= index < len(handles):
+                break
+            chosen.append(handles[index])
+            continue
+        if uuids is None:
+            uuids = [_text(nvml.nvmlDeviceGetUUID(h)) for h in handles]
+        matches = [
+            h for h, u in zip(handles, uuids, strict=True) if _uuid_matches(entry, u)
+        ]
+        if len(matches) != 1:
+            break
+        chosen.append(matches[0])
+    return chosen
+
+
+def _uuid_matches(entry: str, uuid: str) -> bool:
+    """CUDA accepts a UUID with or without the ``GPU-`` prefix, or a unique prefix."""
+    want = entry.lower().removeprefix("gpu-")
+    have = uuid.lower().removeprefix("gpu-")
+    return bool(want) and have.startswith(want)
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def gpus_from_capabilities(
+    capabilities: Sequence[Capability], source: str
+) -> tuple[Gpu, ...]:
+    return tuple(
+        Gpu(index=i, name="(not queried)", capability=c, source=source)
+        for i, c in enumerate(capabilities)
+    )
+
+
+def gather(
+    environ: Mapping[str, str] | None = None,
+    *,
+    capabilities: Sequence[Capability] | None = None,
+    capability_source: str = DEVICE_CAPABILITY,
+    version_of: VersionOf = installed_version,
+    nvml: Any = None,
+) -> Facts:
+    """Read versions and GPUs. ``capabilities`` (from the override variable or a
+    what-if flag) replaces the NVML query."""
+    env = os.environ if environ is None else environ
+    versions = read_versions(version_of=version_of)
+    if capabilities is not None:
+        return Facts(versions, gpus_from_capabilities(capabilities, capability_source))
+    reading = read_gpus_nvml(env, nvml)
+    return Facts(versions, reading.gpus, reading.error)

@@ -1,0 +1,262 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Facts + settings -> one decision. Pure: imports nothing from vLLM or FlashInfer.
+
+The decision table is the one in the README ("What the plugin decides"). The
+FlashInfer bugs the guard protects against are data (``KNOWN_BUGS``): a future
+known-bad range is one more row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from packaging.version import InvalidVersion, Version
+
+from .facts import (
+    FLASHINFER,
+    FLASHINFER_CUBIN,
+    FLASHINFER_JIT_CACHE,
+    Facts,
+    Gpu,
+)
+from .settings import DISABLE, RENORMALIZE, Settings
+
+Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
+
+#: Compute capabilities FlashInfer's TRT-LLM-gen MoE kernels ship cubins for
+#: and vLLM's ``_supports_current_device`` accepts (family 100: B200/GB200 are
+#: 10.0, B300/GB300 are 10.3).
+SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
+
+#: The routing methods this plugin is about (vLLM ``RoutingMethodType`` names).
+METHODS: tuple[str, ...] = ("Renormalize", "RenormalizeNaive")
+
+
+@dataclass(frozen=True)
+class KnownBug:
+    """A FlashInfer release range whose in-kernel routing is wrong for some shapes."""
+
+    reference: str
+    summary: str
+    fixed_in: tuple[int, ...]
+    methods: tuple[str, ...]
+    experts_above: int
+    experts_at_most: int
+    top_k_below: int
+
+    def reaches_version(self, version: Version) -> bool:
+        return version.release < self.fixed_in
+
+    def reaches_shape(self, num_experts: int, top_k: int) -> bool:
+        return (
+            self.experts_above < num_experts <= self.experts_at_most
+            and top_k < self.top_k_below
+        )
+
+    @property
+    def shape(self) -> str:
+        return (
+            f"{self.experts_above} < experts <= {self.experts_at_most} "
+            f"with top_k < {self.top_k_below}"
+        )
+
+    @property
+    def fixed_in_text(self) -> str:
+        return ".".join(str(part) for part in self.fixed_in)
+
+
+#: flashinfer#2822: the two-stage warp top-k of the routing kernels (introduced
+#: by flashinfer#1831) let uninitialised candidates into the top-k when
+#: 128 < experts <= 512 and top_k < 10; with all-negative logits (Qwen3.5) the
+#: kernel picks garbage experts. Fixed by flashinfer#2744, first released in
+#: 0.6.7. vLLM removed the methods for FP8 in #37605 and restored them in #38859.
+FLASHINFER_2822 = KnownBug(
+    reference="flashinfer#2822",
+    summary="routes Renormalize wrongly",
+    fixed_in=(0, 6, 7),
+    methods=METHODS,
+    experts_above=128,
+    experts_at_most=512,
+    top_k_below=10,
+)
+
+KNOWN_BUGS: tuple[KnownBug, ...] = (FLASHINFER_2822,)
+
+
+@dataclass(frozen=True)
+class Guard:
+    """Which MoE layers the fused kernels must not route, and why.
+
+    ``bugs`` empty means every shape (the forced ``disable``).
+    """
+
+    bugs: tuple[KnownBug, ...]
+    flashinfer: str | None = None
+
+    @property
+    def everywhere(self) -> bool:
+        return not self.bugs
+
+    def refuses(self, num_experts: int | None, top_k: int | None) -> bool:
+        if self.everywhere or num_experts is None or top_k is None:
+            return True
+        return any(bug.reaches_shape(num_experts, top_k) for bug in self.bugs)
+
+    def reason(self, num_experts: int | None = None, top_k: int | None = None) -> str:
+        """The sentence vLLM prints after "does not support the deployment
+        configuration since"."""
+        if self.everywhere:
+            return (
+                f"{RENORMALIZE}=disable refuses in-kernel {'/'.join(METHODS)} routing"
+            )
+        shape = (
+            f"{num_experts} experts, top_k {top_k}"
+            if num_experts is not None and top_k is not None
+            else "unknown layer shape"
+        )
+        return "; ".join(
+            f"FlashInfer {self.flashinfer} {bug.summary} for {bug.shape} "
+            f"({bug.reference}; fixed in {bug.fixed_in_text}; this layer: {shape})"
+            for bug in self.bugs
+        )
+
+    @property
+    def scope(self) -> str:
+        if self.everywhere:
+            return "all shapes"
+        return "; ".join(bug.shape for bug in self.bugs)
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    reason: str
+    guard: Guard | None = None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def acts(self) -> bool:
+        """Whether the decision may change vLLM's routing checks."""
+        return self.action in ("enable", "guard")
+
+
+def parse_version(text: str | None) -> Version | None:
+    """A version the gate can compare, or None (not installed, unparsable, or
+    the ``0.0.0+unknown`` of a FlashInfer source tree without build metadata)."""
+    if text is None:
+        return None
+    try:
+        version = Version(text.strip())
+    except InvalidVersion:
+        return None
+    if version.release == (0, 0, 0) or all(part == 0 for part in version.release):
+        return None
+    return version
+
+
+def describe_gpus(gpus: tuple[Gpu, ...]) -> str:
+    """``GPU 0-7 sm_100``, ``GPU 0 sm_90, 1 sm_100``: consecutive GPUs of one
+    capability are folded into a range."""
+    groups: list[tuple[int, int, tuple[int, int]]] = []
+    for gpu in gpus:
+        if (
+            groups
+            and groups[-1][2] == gpu.capability
+            and groups[-1][1] + 1 == gpu.index
+        ):
+            first, _, capability = groups[-1]
+            groups[-1] = (first, gpu.index, capability)
+        else:
+            groups.append((gpu.index, gpu.index, gpu.capability))
+    parts = [
+        (f"{first}-{last}" if first != last else f"{first}") + f" sm_{major}{minor}"
+        for first, last, (major, minor) in groups
+    ]
+    return "GPU " + ", ".join(parts)
+
+
+def companion_notes(facts: Facts) -> tuple[str, ...]:
+    """Companion-wheel problems worth a user's attention."""
+    notes = []
+    python = facts.version(FLASHINFER)
+    cubin = facts.version(FLASHINFER_CUBIN)
+    if python is not None and cubin is not None and cubin != python:
+        notes.append(
+            f"{FLASHINFER_CUBIN} {cubin} differs from {FLASHINFER} {python}: "
+            "FlashInfer 0.6.x refuses to import then (install both at the same version)"
+        )
+    return tuple(notes)
+
+
+def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:
+    """The FlashInfer version whose kernels run, and how it was found.
+
+    A ``flashinfer-jit-cache`` wheel's prebuilt kernels are what run when it is
+    installed, so the lower of it and ``flashinfer-python`` counts.
+    """
+    python_text = facts.version(FLASHINFER)
+    if python_text is None:
+        return None, f"{FLASHINFER} is not installed"
+    python = parse_version(python_text)
+    if python is None:
+        return None, f"{FLASHINFER} version {python_text!r} cannot be compared"
+    jit_text = facts.version(FLASHINFER_JIT_CACHE)
+    if jit_text is None:
+        return python, f"{FLASHINFER} {python_text}"
+    jit = parse_version(jit_text)
+    if jit is None:
+        return None, f"{FLASHINFER_JIT_CACHE} version {jit_text!r} cannot be compared"
+    if jit < python:
+        return (
+            jit,
+            f"{FLASHINFER_JIT_CACHE} {jit_text} (below {FLASHINFER} {python_text})",
+        )
+    return python, f"{FLASHINFER} {python_text}"
+
+
+def decide(facts: Facts, settings: Settings) -> Decision:
+    """The decision table of the README, top row first."""
+    notes = companion_notes(facts)
+    if settings.disabled:
+        return Decision("disabled", f"{DISABLE}=1", notes=notes)
+    if not facts.gpus:
+        return Decision(
+            "not-applicable",
+            f"no CUDA GPU visible ({facts.gpu_error or 'none reported'})",
+            notes=notes,
+        )
+    gpus = describe_gpus(facts.gpus)
+    outside = [g for g in facts.gpus if g.capability not in SUPPORTED_CAPABILITIES]
+    if outside:
+        return Decision(
+            "not-applicable",
+            f"{gpus}; the TRT-LLM MoE kernels run only on sm_100/sm_103",
+            notes=notes,
+        )
+    version, found = _flashinfer_in_use(facts)
+    if settings.renormalize == "enable":
+        return Decision(
+            "enable", f"forced by {RENORMALIZE}=enable; {gpus}", notes=notes
+        )
+    if settings.renormalize == "disable":
+        return Decision(
+            "guard",
+            f"forced by {RENORMALIZE}=disable; {gpus}",
+            guard=Guard(bugs=(), flashinfer=str(version) if version else None),
+            notes=notes,
+        )
+    if version is None:
+        return Decision("unknown", f"{found}; {gpus}", notes=notes)
+    bugs = tuple(bug for bug in KNOWN_BUGS if bug.reaches_version(version))
+    if not bugs:
+        floor = max(KNOWN_BUGS, key=lambda bug: bug.fixed_in).fixed_in_text
+        return Decision("enable", f"{found} >= {floor}; {gpus}", notes=notes)
+    floor = max(bugs, key=lambda bug: bug.fixed_in).fixed_in_text
+    references = ", ".join(bug.reference for bug in bugs)
+    return Decision(
+        "guard",
+        f"{found} < {floor} ({references}); {gpus}",
+        guard=Guard(bugs=bugs, flashinfer=str(version)),
+        notes=notes,
+    )

@@ -1,0 +1,127 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The decision table (README, "What the plugin decides"), row by row."""
+
+import pytest
+
+from vllm_moe_routing_plugin import policy, settings
+from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
+
+B200 = gpus_from_capabilities([(10, 0)] * 8, "test")
+
+
+def facts(flashinfer="0.6.7", gpus=B200, error=None, **others):
+    versions = {"vllm": "0.19.1", "flashinfer-python": flashinfer}
+    versions.update({k.replace("_", "-"): v for k, v in others.items()})
+    return Facts(versions, gpus, error)
+
+
+def decide(f, **env):
+    return policy.decide(f, settings.read(env))
+
+
+def test_disabled_wins_over_everything():
+    d = decide(facts(), VLLM_MOE_ROUTING_PLUGIN_DISABLE="1")
+    assert (d.action, d.reason) == ("disabled", "VLLM_MOE_ROUTING_PLUGIN_DISABLE=1")
+
+
+def test_no_gpu_is_not_applicable_with_the_nvml_error():
+    d = decide(facts(gpus=(), error="NVML unavailable (NVMLError: Driver Not Loaded)"))
+    assert d.action == "not-applicable"
+    assert "Driver Not Loaded" in d.reason
+
+
+@pytest.mark.parametrize("capability", [(9, 0), (12, 0), (10, 1), (11, 0)])
+def test_gpu_outside_sm100_sm103_is_not_applicable(capability):
+    gpus = gpus_from_capabilities([(10, 0), capability], "test")
+    d = decide(facts(gpus=gpus))
+    assert d.action == "not-applicable"
+    assert f"sm_{capability[0]}{capability[1]}" in d.reason
+
+
+def test_forced_values_still_need_an_applicable_gpu():
+    gpus = gpus_from_capabilities([(9, 0)], "test")
+    assert decide(facts(gpus=gpus), VLLM_MOE_ROUTING_RENORMALIZE="enable").action == (
+        "not-applicable"
+    )
+
+
+@pytest.mark.parametrize("version", [None, "0.0.0+unknown", "not-a-version", ""])
+def test_unknown_flashinfer(version):
+    d = decide(facts(flashinfer=version))
+    assert d.action == "unknown"
+    assert not d.acts
+
+
+@pytest.mark.parametrize(
+    "version",
+    ["0.6.7", "0.6.7+cu130", "0.6.7.post3", "0.6.7.dev20260324", "0.6.8rc1", "0.7.4"],
+)
+def test_fixed_flashinfer_enables(version):
+    d = decide(facts(flashinfer=version))
+    assert d.action == "enable"
+    assert d.reason == f"flashinfer-python {version} >= 0.6.7; GPU 0-7 sm_100"
+
+
+@pytest.mark.parametrize("version", ["0.6.6", "0.6.6.dev20260318", "0.6.3", "0.5.3"])
+def test_buggy_flashinfer_guards_the_envelope(version):
+    d = decide(facts(flashinfer=version))
+    assert d.action == "guard"
+    assert d.guard is not None and not d.guard.everywhere
+    assert "flashinfer#2822" in d.reason
+
+
+def test_guard_envelope_is_the_bug_shape():
+    guard = decide(facts(flashinfer="0.6.6")).guard
+    assert guard.refuses(256, 8)  # Qwen3.5-35B-A3B / 122B-A10B
+    assert guard.refuses(160, 8)  # Qwen3-Coder-480B
+    assert guard.refuses(512, 9)
+    assert not guard.refuses(128, 8)  # Qwen3-30B-A3B, Qwen3-235B-A22B, gpt-oss-120b
+    assert not guard.refuses(32, 4)  # gpt-oss-20b
+    assert not guard.refuses(512, 10)  # Qwen3-Next
+    assert not guard.refuses(1024, 8)
+    assert guard.reason(256, 8) == (
+        "FlashInfer 0.6.6 routes Renormalize wrongly for 128 < experts <= 512 with "
+        "top_k < 10 (flashinfer#2822; fixed in 0.6.7; this layer: 256 experts, top_k 8)"
+    )
+
+
+def test_forced_enable_and_disable():
+    assert (
+        decide(facts("0.6.6"), VLLM_MOE_ROUTING_RENORMALIZE="enable").action == "enable"
+    )
+    d = decide(facts("0.7.4"), VLLM_MOE_ROUTING_RENORMALIZE="disable")
+    assert d.action == "guard"
+    assert d.guard.everywhere and d.guard.refuses(128, 8)
+    assert "VLLM_MOE_ROUTING_RENORMALIZE=disable" in d.reason
+
+
+def test_forced_values_override_an_unknown_version():
+    d = decide(facts(None), VLLM_MOE_ROUTING_RENORMALIZE="enable")
+    assert d.action == "enable"
+
+
+def test_lower_of_python_and_jit_cache_counts():
+    d = decide(facts("0.6.7", flashinfer_jit_cache="0.6.6+cu129"))
+    assert d.action == "guard"
+    assert "flashinfer-jit-cache 0.6.6+cu129" in d.reason
+    assert decide(facts("0.6.7", flashinfer_jit_cache="0.6.7+cu130")).action == "enable"
+    assert decide(facts("0.6.6", flashinfer_jit_cache="0.6.8+cu130")).action == "guard"
+
+
+def test_unparsable_jit_cache_is_unknown():
+    assert decide(facts("0.6.7", flashinfer_jit_cache="garbage")).action == "unknown"
+
+
+def test_cubin_mismatch_is_reported():
+    d = decide(facts("0.6.7", flashinfer_cubin="0.6.6"))
+    assert d.action == "enable"
+    assert d.notes == (
+        "flashinfer-cubin 0.6.6 differs from flashinfer-python 0.6.7: FlashInfer 0.6.x "
+        "refuses to import then (install both at the same version)",
+    )
+    assert decide(facts("0.6.7", flashinfer_cubin="0.6.7")).notes == ()
+
+
+def test_describe_gpus_folds_ranges():
+    gpus = gpus_from_capabilities([(10, 0), (10, 0), (10, 3), (10, 0)], "t")
+    assert policy.describe_gpus(gpus) == "GPU 0-1 sm_100, 2 sm_103, 3 sm_100"

@@ -1,0 +1,64 @@
+# SPDX-License-Identifier: Apache-2.0
+import pytest
+
+from vllm_moe_routing_plugin import settings
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "YES", " on ", "True"])
+def test_disable_accepts_true_spellings(raw):
+    assert settings.read({settings.DISABLE: raw}).disabled is True
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "No", " OFF ", ""])
+def test_disable_accepts_false_spellings(raw):
+    config = settings.read({settings.DISABLE: raw})
+    assert config.disabled is False
+    assert config.problems == ()
+
+
+def test_invalid_value_names_variable_and_value_and_uses_default():
+    config = settings.read({settings.DISABLE: "maybe", settings.RENORMALIZE: "force"})
+    assert config.disabled is False
+    assert config.renormalize == "auto"
+    assert len(config.problems) == 2
+    assert "VLLM_MOE_ROUTING_PLUGIN_DISABLE='maybe'" in config.problems[0]
+    assert "VLLM_MOE_ROUTING_RENORMALIZE='force'" in config.problems[1]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [("auto", "auto"), ("ENABLE", "enable"), (" disable ", "disable")],
+)
+def test_renormalize_values(raw, value):
+    assert settings.read({settings.RENORMALIZE: raw}).renormalize == value
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("10.0", ((10, 0),)),
+        ("10.0,10.3", ((10, 0), (10, 3))),
+        (" 9.0 , 10.0 ", ((9, 0), (10, 0))),
+    ],
+)
+def test_capabilities(raw, value):
+    assert settings.read({settings.DEVICE_CAPABILITY: raw}).capabilities == value
+
+
+@pytest.mark.parametrize(
+    "raw", ["sm_100", "10", "10.", ".0", "10.0,", "ten.zero", "\u0661\u0660.\u0660"]
+)
+def test_capabilities_rejected(raw):
+    config = settings.read({settings.DEVICE_CAPABILITY: raw})
+    assert config.capabilities is None
+    assert config.problems and settings.DEVICE_CAPABILITY in config.problems[0]
+
+
+def test_defaults_when_unset():
+    config = settings.read({})
+    assert (config.disabled, config.renormalize, config.capabilities) == (
+        False,
+        "auto",
+        None,
+    )
+    assert [r.raw for r in config.readings] == [None, None, None]
