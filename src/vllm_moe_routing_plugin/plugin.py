@@ -1,0 +1,239 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One process's activation: facts -> decision -> patch -> report.
+
+vLLM loads general plugins in every process it starts (API server, engine
+core, workers, Ray workers, the model-inspection subprocess) and does not
+catch what a plugin function raises (``vllm/plugins/__init__.py``), so every
+step here is guarded: a failure becomes one WARNING naming the step, and vLLM
+is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from . import facts as facts_
+from . import policy, report, settings, targets
+from .hook import ImportHook
+
+#: Under vLLM's ``vllm`` logger, whose handler is the one ``vllm serve`` prints
+#: through (it does not propagate; a logger outside ``vllm.`` is not shown).
+logger = logging.getLogger("vllm.moe_routing")
+
+
+class StepFailed(Exception):
+    """A step of the activation raised; carries the step's name."""
+
+    def __init__(self, step: str, error: BaseException) -> None:
+        super().__init__(f"{step} failed ({targets._describe(error)})")
+        self.step = step
+        self.error = error
+
+
+@contextmanager
+def step(name: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as exc:
+        raise StepFailed(name, exc) from exc
+
+
+@dataclass
+class Activation:
+    """What the plugin decided and did in this process."""
+
+    version: str
+    settings: settings.Settings
+    facts: facts_.Facts
+    decision: policy.Decision
+    outcomes: dict[targets.Target, targets.Outcome] = field(default_factory=dict)
+    pending: set[str] = field(default_factory=set)
+    hook: ImportHook | None = None
+    line_logged: bool = False
+
+    def on_import(self, module: ModuleType) -> None:
+        """Apply the decision to the targets of a module vLLM just imported.
+        Called inside vLLM's import: never raises."""
+        try:
+            outcomes = self.apply_module(module)
+            self.report(outcomes)
+        except Exception as exc:
+            self.undo()
+            warn(f"patching {module.__name__} on import", exc)
+
+    def apply_module(self, module: ModuleType) -> list[targets.Outcome]:
+        self.pending.discard(module.__name__)
+        found = []
+        for target in targets.TARGETS:
+            if target.module == module.__name__:
+                outcome = targets.apply(target, module, self.decision)
+                self.outcomes[target] = outcome
+                found.append(outcome)
+        for outcome in found:
+            if outcome.state in ("unrecognised", "failed"):
+                logger.warning("%s: %s", report.PLUGIN, report.describe(outcome))
+        return found
+
+    def line(self) -> str:
+        return report.decision_line(
+            self.version, self.decision, self.outcomes.values(), self.pending
+        )
+
+    def report(self, new: list[targets.Outcome] | None = None) -> None:
+        """Log the decision line once logging is up; after that, a short line
+        for targets patched on import."""
+        if not _logging_ready():
+            return  # vLLM >= 0.31 configures logging after loading plugins
+        if not self.line_logged:
+            self.line_logged = True
+            logger.info("%s", self.line())
+        elif new and any(o.state not in ("absent", "untouched") for o in new):
+            logger.info("%s", report.import_line(new))
+
+    def undo(self) -> None:
+        """Remove the hook and put every patched attribute back, newest first."""
+        if self.hook is not None:
+            self.hook.remove()
+        for outcome in reversed(list(self.outcomes.values())):
+            if outcome.patch is not None:
+                outcome.patch.undo()
+                outcome.patch = None
+                outcome.state = "untouched"
+
+
+def _logging_ready() -> bool:
+    """Whether an INFO record of ``logger`` reaches a handler now."""
+    return logger.isEnabledFor(logging.INFO) and logger.hasHandlers()
+
+
+def warn(what: str, error: BaseException) -> None:
+    """One WARNING for a failed step; never raises."""
+    with contextlib.suppress(Exception):  # nothing left to tell the user with
+        logger.warning(
+            "%s %s: %s failed (%s); vLLM left unchanged",
+            report.PLUGIN,
+            plugin_version(),
+            what,
+            targets._describe(error),
+        )
+
+
+def plugin_version() -> str:
+    try:
+        return facts_.installed_version("vllm-moe-routing-plugin") or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def vllm_has_module(name: str) -> bool:
+    """Whether the installed vLLM ships module ``name``, without importing it
+    (importing would pull in vLLM's fused-MoE package)."""
+    vllm = sys.modules.get("vllm")
+    locations = list(getattr(vllm, "__path__", ()) or ())
+    if not locations:
+        return False
+    import os
+
+    relative = name.split(".")[1:]
+    return any(
+        os.path.isfile(os.path.join(base, *relative) + ".py")
+        or os.path.isfile(os.path.join(base, *relative, "__init__.py"))
+        for base in locations
+    )
+
+
+_current: Activation | None = None
+
+
+def current() -> Activation | None:
+    return _current
+
+
+def activate(
+    environ: Mapping[str, str] | None = None,
+    *,
+    version_of: facts_.VersionOf = facts_.installed_version,
+    nvml: Any = None,
+    register_env: Callable[[], bool] = settings.register_with_vllm,
+) -> Activation:
+    """Decide and act for this process; idempotent (a second call returns the
+    first activation). Raises ``StepFailed``; ``register()`` turns that into a
+    WARNING."""
+    global _current
+    if _current is not None:
+        return _current
+    with step("reading settings"):
+        config = settings.read(environ)
+    for problem in config.problems:
+        logger.warning("%s: %s", report.PLUGIN, problem)
+    if not config.disabled:
+        # Best effort: vLLM's table is internal. Without it vLLM only warns
+        # about unknown variables, so the plugin reports the failure and goes on.
+        try:
+            register_env()
+        except Exception as exc:
+            logger.warning(
+                "%s: registering the plugin's variables with vLLM failed (%s); "
+                "continuing",
+                report.PLUGIN,
+                targets._describe(exc),
+            )
+    with step("reading package versions and GPUs"):
+        found = facts_.gather(
+            environ, capabilities=config.capabilities, version_of=version_of, nvml=nvml
+        )
+    with step("deciding"):
+        decision = policy.decide(found, config)
+    activation = Activation(plugin_version(), config, found, decision)
+    try:
+        if decision.acts:
+            with step("installing the import hook"):
+                _watch(activation)
+        with step("logging the decision"):
+            activation.report()
+            if not activation.line_logged and activation.hook is None:
+                # Deliver the line once a target module is imported, when
+                # logging is up.
+                _watch(activation, patch=False)
+    except Exception:
+        activation.undo()
+        raise
+    _current = activation
+    return activation
+
+
+def _watch(activation: Activation, *, patch: bool = True) -> None:
+    modules = targets.target_modules()
+    if patch:
+        activation.pending = {m for m in modules if vllm_has_module(m)}
+        on_import: Callable[[ModuleType], None] = activation.on_import
+    else:
+
+        def on_import(module: ModuleType) -> None:
+            try:
+                activation.report()
+            except Exception as exc:
+                warn("logging the decision", exc)
+
+    activation.hook = ImportHook(modules, on_import)
+    activation.hook.install()
+    if patch:
+        for name in modules:
+            module = sys.modules.get(name)
+            if module is not None:
+                activation.apply_module(module)
+
+
+def deactivate() -> None:
+    """Undo everything ``activate`` did in this process (tests rely on it)."""
+    global _current
+    if _current is not None:
+        _current.undo()
+        _current = None

@@ -1,0 +1,107 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared test helpers.
+
+Tests about vLLM run against the vLLM really installed in the environment
+(scripts/env.sh builds one per release); a test marked ``vllm("==0.19.1")``
+runs only where that release is installed. GPUs are simulated only through the
+plugin's documented override variable or an NVML stand-in handed to the facts
+function; other FlashInfer versions only through an injected ``version_of``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+from collections.abc import Iterator
+
+import pytest
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from vllm_moe_routing_plugin import plugin
+
+
+def installed(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+VLLM = installed("vllm")
+FLASHINFER = installed("flashinfer-python")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "vllm(spec): run only where the installed vLLM matches spec"
+    )
+    config.addinivalue_line("markers", "no_vllm: run only where vLLM is not installed")
+
+
+def pytest_report_header() -> str:
+    return f"vllm {VLLM or 'not installed'}, flashinfer-python {FLASHINFER or '-'}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for marker in item.iter_markers("vllm"):
+            spec = SpecifierSet(marker.args[0])
+            if VLLM is None or Version(VLLM) not in spec:
+                item.add_marker(pytest.mark.skip(reason=f"needs vllm{spec}"))
+        if item.get_closest_marker("no_vllm") and VLLM is not None:
+            item.add_marker(
+                pytest.mark.skip(reason="needs an environment without vLLM")
+            )
+
+
+@pytest.fixture(autouse=True)
+def fresh_plugin() -> Iterator[None]:
+    """Each test starts and ends with the plugin inactive in this process."""
+    plugin.deactivate()
+    yield
+    plugin.deactivate()
+
+
+class Records(logging.Handler):
+    """vLLM's ``vllm`` logger does not propagate, which defeats caplog
+    (vLLM's own tests attach a handler the same way)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def lines(self, level: int = logging.INFO) -> list[str]:
+        return [r.getMessage() for r in self.records if r.levelno == level]
+
+
+@pytest.fixture
+def records() -> Iterator[Records]:
+    if VLLM is not None:
+        # vLLM <= 0.30 configures logging when first imported, and dictConfig
+        # clears the handlers of existing ``vllm.*`` loggers: import it first.
+        import vllm  # noqa: F401
+    handler = Records()
+    log = logging.getLogger("vllm.moe_routing")
+    old_level = log.level
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    yield handler
+    log.removeHandler(handler)
+    log.setLevel(old_level)
+
+
+def versions(**overrides: str | None):
+    """A ``version_of`` that answers the installed versions, except for the
+    distributions given (``flashinfer_python="0.6.6"``)."""
+    table = {k.replace("_", "-"): v for k, v in overrides.items()}
+
+    def version_of(distribution: str) -> str | None:
+        if distribution in table:
+            return table[distribution]
+        return installed(distribution)
+
+    return version_of

@@ -1,0 +1,99 @@
+# SPDX-License-Identifier: Apache-2.0
+"""A failure in any step becomes one WARNING naming the step; nothing escapes
+``register()`` (vLLM does not catch what a general plugin raises) and nothing
+stays patched."""
+
+import importlib.metadata
+import logging
+import sys
+
+import pytest
+
+from vllm_moe_routing_plugin import (
+    facts,
+    hook,
+    plugin,
+    policy,
+    register,
+    settings,
+    targets,
+)
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def boom(*args, **kwargs):
+    raise Boom("injected")
+
+
+pytestmark = pytest.mark.vllm(">=0.16")
+
+STEPS = [
+    (settings, "read", "reading settings"),
+    (facts, "gather", "reading package versions and GPUs"),
+    (policy, "decide", "deciding"),
+    (hook.ImportHook, "install", "installing the import hook"),
+]
+
+
+@pytest.mark.parametrize(("owner", "name", "step"), STEPS, ids=[s[2] for s in STEPS])
+def test_failing_step_is_one_warning(owner, name, step, monkeypatch, records):
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
+    monkeypatch.setenv("VLLM_MOE_ROUTING_RENORMALIZE", "enable")
+    monkeypatch.setattr(owner, name, boom)
+    meta_path = list(sys.meta_path)
+    register()
+    warnings = records.lines(logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert f": {step} failed (" in warnings[0]
+    assert warnings[0].endswith("; vLLM left unchanged")
+    assert plugin.current() is None
+    assert sys.meta_path == meta_path
+
+
+def test_failing_registration_with_vllm_is_a_warning_and_the_plugin_goes_on(
+    monkeypatch, records
+):
+    monkeypatch.setitem(sys.modules, "vllm.envs", None)  # import of it raises
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "9.0")
+    register()
+    warnings = records.lines(logging.WARNING)
+    assert len(warnings) == 1
+    assert "registering the plugin's variables with vLLM failed" in warnings[0]
+    assert plugin.current().decision.action == "not-applicable"
+
+
+def test_version_lookup_failure_does_not_escape(monkeypatch, records):
+    monkeypatch.setattr(importlib.metadata, "version", boom)
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
+    register()
+    assert any(
+        "reading package versions and GPUs failed" in w
+        for w in records.lines(logging.WARNING)
+    )
+
+
+def test_failing_target_is_left_alone_and_reported(monkeypatch, records):
+    monkeypatch.setattr(targets, "probe", boom)
+    outcome = targets.apply(targets.TARGETS[0], sys.modules[__name__], _enable())
+    assert outcome.state == "failed"
+    assert "Boom: injected" in outcome.detail
+    assert outcome.patch is None
+
+
+def test_invalid_setting_is_a_warning_and_the_default(monkeypatch, records):
+    monkeypatch.setenv("VLLM_MOE_ROUTING_PLUGIN_DISABLE", "maybe")
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "9.0")
+    register()
+    warnings = records.lines(logging.WARNING)
+    assert warnings == [
+        "moe_routing: VLLM_MOE_ROUTING_PLUGIN_DISABLE='maybe' is not valid "
+        "(expected one of 1/true/yes/on/0/false/no/off); using the default 0"
+    ]
+    assert plugin.current().decision.action == "not-applicable"
+
+
+def _enable():
+    return policy.Decision("enable", "test")

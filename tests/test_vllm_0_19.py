@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: Apache-2.0
+"""vLLM 0.19.1 with flashinfer-python/-cubin 0.6.7 installed over its 0.6.6 pins:
+the release where the plugin re-enables the fused path (vLLM PR #37605 removed
+Renormalize from the FP8 monolithic class; #38859 restored it only in 0.20).
+
+Expected answers are written from the vLLM 0.19.1 source (README, "Targets"),
+not taken from running the plugin.
+"""
+
+import logging
+
+import pytest
+
+from conftest import versions
+from vllm_moe_routing_plugin import plugin, register
+from vllm_support import (
+    BOTH,
+    FP8,
+    FP8_BLOCK,
+    FP8_PER_TENSOR,
+    MXFP8,
+    SM100,
+    TRTLLM_FUNCTIONS,
+    accepted,
+    methods,
+    module,
+    run_python,
+)
+
+pytestmark = pytest.mark.vllm("==0.19.1")
+
+BUGGY = versions(flashinfer_python="0.6.6", flashinfer_cubin="0.6.6")
+
+
+@pytest.fixture
+def fp8():
+    return module(FP8).TrtLlmFp8ExpertsMonolithic
+
+
+@pytest.fixture
+def functions():
+    return module(TRTLLM_FUNCTIONS)
+
+
+def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
+    raw = vars(fp8)["_supports_routing_method"]
+    assert accepted(fp8._supports_routing_method, FP8_BLOCK) == {
+        "DeepSeekV3",
+        "Simulated",
+    }
+    activation = plugin.activate(SM100)
+    assert activation.decision.action == "enable"
+    check = fp8._supports_routing_method
+    assert accepted(check, FP8_BLOCK) == {"DeepSeekV3", "Simulated"} | BOTH
+    assert accepted(check, MXFP8) == {"DeepSeekV3", "Simulated"} | BOTH
+    assert (
+        accepted(check, FP8_PER_TENSOR) == {"DeepSeekV3", "Llama4", "Simulated"} | BOTH
+    )
+    with pytest.raises(ValueError, match="Unsupported quantization scheme"):
+        check(methods().Renormalize, None, None)
+    plugin.deactivate()
+    assert vars(fp8)["_supports_routing_method"] is raw
+
+
+def test_enable_leaves_the_bf16_function_native(functions):
+    original = functions._supports_routing_method_bf16
+    activation = plugin.activate(SM100)
+    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    assert states["flashinfer_trtllm_moe._supports_routing_method_bf16"] == "native"
+    assert functions._supports_routing_method_bf16 is original
+
+
+def test_guard_removes_both_methods_from_the_bf16_function(functions, fp8):
+    raw_fp8 = vars(fp8)["_supports_routing_method"]
+    original = functions._supports_routing_method_bf16
+    activation = plugin.activate(SM100, version_of=BUGGY)
+    assert activation.decision.action == "guard"
+    check = functions._supports_routing_method_bf16
+    assert accepted(check, call="bf16-function") == {"Default", "DeepSeekV3", "Llama4"}
+    # vLLM 0.19.1 already refuses both for FP8 monolithic: nothing to do there.
+    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
+    assert vars(fp8)["_supports_routing_method"] is raw_fp8
+    plugin.deactivate()
+    assert functions._supports_routing_method_bf16 is original
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "9.0"},
+        {**SM100, "VLLM_MOE_ROUTING_PLUGIN_DISABLE": "1"},
+    ],
+)
+def test_not_applicable_and_disabled_change_nothing(environ, fp8, functions, records):
+    raw = vars(fp8)["_supports_routing_method"]
+    bf16 = functions._supports_routing_method_bf16
+    activation = plugin.activate(environ)
+    assert activation.decision.action in ("not-applicable", "disabled")
+    assert vars(fp8)["_supports_routing_method"] is raw
+    assert functions._supports_routing_method_bf16 is bf16
+    assert accepted(fp8._supports_routing_method, FP8_BLOCK) == {
+        "DeepSeekV3",
+        "Simulated",
+    }
+    assert records.lines()[0].endswith(" - vLLM unchanged")
+
+
+def test_no_gpu_from_nvml_is_not_applicable(fp8):
+    class NoDriver:
+        def nvmlInit(self):
+            raise RuntimeError("Driver Not Loaded")
+
+    activation = plugin.activate({}, nvml=NoDriver())
+    assert activation.decision.action == "not-applicable"
+    assert "Driver Not Loaded" in activation.decision.reason
+    assert accepted(fp8._supports_routing_method, FP8_BLOCK) == {
+        "DeepSeekV3",
+        "Simulated",
+    }
+
+
+def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, records):
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
+    raw = vars(fp8)["_supports_routing_method"]
+    register()
+    first = vars(fp8)["_supports_routing_method"]
+    register()
+    assert vars(fp8)["_supports_routing_method"] is first
+    # The replacement wraps vLLM's original, not an earlier replacement.
+    assert first.__func__._vllm_moe_routing_plugin_original is raw.__func__
+    assert records.lines() == [
+        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100) - "
+        "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, "
+        "flashinfer_trtllm_moe._supports_routing_method_bf16 native"
+    ]
+    assert records.lines(logging.WARNING) == []
+
+
+def test_plugin_variables_are_registered_with_vllm():
+    import vllm.envs
+
+    plugin.activate(SM100)
+    for name in (
+        "VLLM_MOE_ROUTING_PLUGIN_DISABLE",
+        "VLLM_MOE_ROUTING_RENORMALIZE",
+        "VLLM_MOE_ROUTING_DEVICE_CAPABILITY",
+    ):
+        assert name in vllm.envs.environment_variables
+
+
+LAZY = """
+import sys
+import vllm.plugins
+print("fused_moe before:", "vllm.model_executor.layers.fused_moe" in sys.modules)
+vllm.plugins.load_general_plugins()
+print("fused_moe after:", "vllm.model_executor.layers.fused_moe" in sys.modules)
+from vllm.model_executor.layers.fused_moe.config import RoutingMethodType as R
+from vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe import (
+    TrtLlmFp8ExpertsMonolithic as M)
+from vllm.model_executor.layers.quantization.utils.quant_utils import (
+    kFp8Static128BlockSym, kFp8Dynamic128Sym)
+BLOCK = (kFp8Static128BlockSym, kFp8Dynamic128Sym)
+print("accepts Renormalize:", M._supports_routing_method(R.Renormalize, *BLOCK))
+"""
+
+
+def test_vllm_loader_finds_the_plugin_and_patches_lazily():
+    result = run_python(LAZY, SM100)
+    assert result.returncode == 0, result.stderr
+    assert "fused_moe before: False" in result.stdout
+    assert "fused_moe after: False" in result.stdout
+    assert "accepts Renormalize: True" in result.stdout
+    log = result.stdout  # vLLM's handler writes to stdout (VLLM_LOGGING_STREAM)
+    assert (
+        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100)"
+        in log
+    )
+    assert (
+        "moe_routing: on import: TrtLlmFp8ExpertsMonolithic +Renormalize "
+        "+RenormalizeNaive" in log
+    )
+
+
+def test_vllm_plugins_allow_list_excludes_the_plugin():
+    result = run_python(LAZY, {**SM100, "VLLM_PLUGINS": "lora_filesystem_resolver"})
+    assert result.returncode == 0, result.stderr
+    assert "accepts Renormalize: False" in result.stdout
+    assert "moe_routing" not in result.stdout + result.stderr
+
+
+def test_log_line_in_a_real_vllm_serve():
+    """vLLM 0.19 loads general plugins while building its CLI parser, logs
+    their lines, then stops here for lack of a GPU."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vllm = Path(sys.executable).with_name("vllm")
+    result = subprocess.run(
+        [str(vllm), "serve", "/nonexistent/model"],
+        env={**__import__("os").environ, **SM100},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0  # no GPU, no model: vLLM stops after the plugins
+    lines = [line for line in output.splitlines() if "moe_routing 0.1.0:" in line]
+    assert len(lines) == 1, output[-3000:]
+    assert lines[0].startswith("INFO ")
+    assert (
+        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100)"
+        in lines[0]
+    )

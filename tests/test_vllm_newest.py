@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The newest vLLM (0.33.0 in CI): the FP8 and BF16 monolithic classes accept
+Renormalize natively (vLLM PR #38859) and vLLM pins a fixed FlashInfer, so the
+plugin changes nothing; with an old FlashInfer under it, the shape-aware guard
+moves exactly the layers the bug reaches off the fused kernel."""
+
+import pytest
+
+from conftest import versions
+from vllm_moe_routing_plugin import plugin
+from vllm_support import (
+    BF16,
+    BOTH,
+    FP8,
+    FP8_BLOCK,
+    FP8_PER_TENSOR,
+    SM100,
+    accepted,
+    answer_sm100,
+    module,
+    moe_config,
+    run_python,
+    supported,
+)
+
+pytestmark = pytest.mark.vllm(">=0.26")
+
+BUGGY = versions(flashinfer_python="0.6.6")
+
+
+@pytest.fixture
+def classes():
+    fp8 = module(FP8)
+    bf16 = module(BF16)
+    return {
+        "fp8": fp8.TrtLlmFp8ExpertsMonolithic,
+        "fp8-modular": fp8.TrtLlmFp8ExpertsModular,
+        "bf16": bf16.TrtLlmBf16ExpertsMonolithic,
+        "bf16-modular": bf16.TrtLlmBf16ExpertsModular,
+    }
+
+
+def snapshot(classes):
+    return {name: dict(vars(cls)) for name, cls in classes.items()}
+
+
+def test_enable_is_native_and_replaces_nothing(classes, records):
+    before = snapshot(classes)
+    activation = plugin.activate(SM100)
+    assert activation.decision.action == "enable"
+    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
+    assert states["TrtLlmBf16ExpertsMonolithic"] == "native"
+    assert snapshot(classes) == before
+    assert accepted(classes["fp8"]._supports_routing_method, FP8_BLOCK) >= BOTH
+    line = records.lines()[0]
+    assert "TrtLlmFp8ExpertsMonolithic native" in line
+    assert "TrtLlmBf16ExpertsMonolithic native" in line
+
+
+@pytest.mark.parametrize(
+    ("cls", "scheme"),
+    [("fp8", FP8_BLOCK), ("fp8", FP8_PER_TENSOR), ("bf16", (None, None))],
+)
+def test_guard_refuses_only_layers_inside_the_bug_envelope(
+    classes, cls, scheme, monkeypatch
+):
+    answer_sm100(monkeypatch, FP8, BF16)
+    monolithic = classes[cls]
+    qwen35 = moe_config(256, 8, "Renormalize")
+    qwen3_30b = moe_config(128, 8, "Renormalize")
+    qwen3_next = moe_config(512, 10, "RenormalizeNaive")
+    deepseek = moe_config(256, 8, "DeepSeekV3")
+    # Without the plugin vLLM takes the fused kernel for all of them.
+    assert supported(monolithic, qwen35, scheme) == (True, None)
+    modular = classes[f"{cls}-modular"]
+    modular_before = supported(modular, qwen35, scheme)
+    activation = plugin.activate(SM100, version_of=BUGGY)
+    assert activation.decision.action == "guard"
+    ok, reason = supported(monolithic, qwen35, scheme)
+    assert not ok
+    assert reason == (
+        "FlashInfer 0.6.6 routes Renormalize wrongly for 128 < experts <= 512 with "
+        "top_k < 10 (flashinfer#2822; fixed in 0.6.7; this layer: 256 experts, top_k 8)"
+    )
+    assert (
+        supported(monolithic, moe_config(160, 8, "RenormalizeNaive"), scheme)[0]
+        is False
+    )
+    assert supported(monolithic, qwen3_30b, scheme) == (True, None)
+    assert supported(monolithic, qwen3_next, scheme) == (True, None)
+    if cls == "fp8":
+        assert supported(monolithic, deepseek, scheme) == (True, None)
+    # The modular class routes in PyTorch: its answer is vLLM's own.
+    assert supported(modular, qwen35, scheme) == modular_before
+    plugin.deactivate()
+    assert supported(monolithic, qwen35, scheme) == (True, None)
+
+
+def test_guard_is_undone_exactly(classes):
+    before = snapshot(classes)
+    activation = plugin.activate(SM100, version_of=BUGGY)
+    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    assert states["TrtLlmFp8ExpertsMonolithic"] == "patched"
+    assert states["TrtLlmBf16ExpertsMonolithic"] == "patched"
+    assert "is_supported_config" in vars(classes["fp8"])
+    plugin.deactivate()
+    assert snapshot(classes) == before
+
+
+def test_forced_disable_refuses_every_shape(classes, monkeypatch):
+    answer_sm100(monkeypatch, FP8, BF16)
+    plugin.activate({**SM100, "VLLM_MOE_ROUTING_RENORMALIZE": "disable"})
+    ok, reason = supported(classes["fp8"], moe_config(128, 8), FP8_BLOCK)
+    assert not ok
+    assert "VLLM_MOE_ROUTING_RENORMALIZE=disable" in reason
+    assert supported(classes["fp8"], moe_config(256, 8, "DeepSeekV3"), FP8_BLOCK)[0]
+
+
+def test_routing_checks_and_their_errors_are_unchanged_under_guard(classes):
+    check = classes["fp8"]._supports_routing_method
+    from vllm_support import methods
+
+    before = {s: accepted(check, s) for s in (FP8_BLOCK, FP8_PER_TENSOR)}
+    plugin.activate(SM100, version_of=BUGGY)
+    after = {s: accepted(classes["fp8"]._supports_routing_method, s) for s in before}
+    assert after == before
+    with pytest.raises(ValueError, match="Unsupported quantization scheme"):
+        classes["fp8"]._supports_routing_method(methods().Renormalize, None, None)
+
+
+DEFERRED = """
+import logging
+import vllm.plugins
+vllm.plugins.load_general_plugins()  # as LLM() / vllm serve do before logging is set up
+print("vllm logger configured:", bool(logging.getLogger("vllm").handlers), flush=True)
+from vllm.logger import _configure_vllm_root_logger
+_configure_vllm_root_logger()
+import vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe
+"""
+
+
+@pytest.mark.vllm(">=0.31")
+def test_line_dropped_before_logging_is_configured_arrives_on_import():
+    result = run_python(DEFERRED, SM100)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "vllm logger configured: False" in out
+    lines = [line for line in out.splitlines() if "moe_routing" in line]
+    assert len(lines) == 1, out
+    assert "moe_routing 0.1.0: enable (" in lines[0]
+    assert "TrtLlmFp8ExpertsMonolithic native" in lines[0]
+    assert out.index("vllm logger configured") < out.index("moe_routing 0.1.0")
