@@ -142,9 +142,11 @@ def answer(decision: policy.Decision) -> str:
         )
     if decision.action == "guard":
         assert decision.guard is not None
+        if decision.guard.everywhere:
+            return f"{methods} MoE layers are kept off the fused TRT-LLM kernels."
         return (
-            f"{methods} MoE layers with {decision.guard.scope} are kept off the fused "
-            "TRT-LLM kernels; other layers keep them."
+            f"{methods} MoE layers where {decision.guard.scope} are kept off the "
+            "fused TRT-LLM kernels; other layers keep them."
         )
     if decision.action == "not-applicable":
         return (

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# The project's tests: lint, then the test suite in each environment.
+#
+#   bash scripts/test.sh [ENV ...]
+#
+# Default environments: plain (no vLLM), vllm-0.19.1-fi0.6.7 (vLLM 0.19.1 with
+# FlashInfer 0.6.7 over its 0.6.6 pins: the patch path) and vllm-0.33.0 (the
+# newest release: the native path). See scripts/env.sh.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+envs=("$@")
+[ ${#envs[@]} -gt 0 ] || envs=(plain vllm-0.19.1-fi0.6.7 vllm-0.33.0)
+
+plain=$(bash scripts/env.sh plain)
+VIRTUAL_ENV="$plain" uv pip install --quiet "ruff==0.14.*" >&2
+"$plain/bin/ruff" check src tests scripts
+"$plain/bin/ruff" format --check src tests scripts
+
+status=0
+for name in "${envs[@]}"; do
+  venv=$(bash scripts/env.sh "$name")
+  echo "=== tests in $name"
+  "$venv/bin/python" -m pytest -p no:cacheprovider -q tests || status=1
+done
+exit $status
