@@ -54,7 +54,7 @@ def accepted(check, scheme=(None, None), call="method") -> set[str]:
     for member in methods():
         if call == "method":
             ok = check(member, wk, ak)
-        elif call == "bf16-function":
+        elif call == "function":
             ok = check(member)
         else:
             ok = check(wk, ak, member)
@@ -64,22 +64,28 @@ def accepted(check, scheme=(None, None), call="method") -> set[str]:
 
 
 def answer_sm100(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
-    """Answer vLLM's platform as CUDA SM100, and FlashInfer's TRT-LLM MoE
-    kernels as present, for the given (already imported) modules."""
+    """Import ``modules``, then answer vLLM's platform as CUDA SM100 and
+    FlashInfer's kernels as present (the ``has_flashinfer*`` checks those
+    modules imported)."""
     from vllm.platforms import current_platform
+    from vllm.platforms.interface import DeviceCapability
 
+    # Import first: some of vLLM's modules probe CUDA features at import time.
+    imported = [module(name) for name in modules]
     print("simulated: CUDA platform with compute capability 10.0; FlashInfer present")
-    monkeypatch.setattr(current_platform, "is_cuda", lambda: True, raising=False)
-    monkeypatch.setattr(
-        current_platform,
-        "is_device_capability_family",
-        lambda family, device_id=0: family == 100,
-        raising=False,
-    )
-    for name in modules:
-        target = module(name)
-        for attr in ("has_flashinfer_trtllm_fused_moe",):
-            if hasattr(target, attr):
+    answers = {
+        "is_cuda": lambda: True,
+        "get_device_capability": lambda device_id=0: DeviceCapability(10, 0),
+        "is_device_capability_family": lambda family, device_id=0: family == 100,
+        "is_device_capability": lambda capability, device_id=0: (
+            capability in (100, (10, 0))
+        ),
+    }
+    for name, answer in answers.items():
+        monkeypatch.setattr(current_platform, name, answer, raising=False)
+    for target in imported:
+        for attr in dir(target):
+            if attr.startswith("has_flashinfer"):
                 monkeypatch.setattr(target, attr, lambda: True)
 
 

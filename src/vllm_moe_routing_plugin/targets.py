@@ -46,20 +46,34 @@ QUANT_UTILS = "vllm.model_executor.layers.quantization.utils.quant_utils"
 CONFIG = f"{FUSED_MOE}.config"
 
 Scheme = tuple["str | None", "str | None"]  # names of vLLM QuantKey constants
-Call = Literal["method", "bf16-function", "fp8-function-0.16"]
+Call = Literal["method", "function", "keys-first-function"]
 State = Literal[
-    "patched", "native", "absent", "pending", "untouched", "unrecognised", "failed"
+    "patched",
+    "native",
+    "absent",
+    "not-probed",
+    "untouched",
+    "unrecognised",
+    "failed",
 ]
 
 FP8_BLOCK: Scheme = ("kFp8Static128BlockSym", "kFp8Dynamic128Sym")
 MXFP8: Scheme = ("kMxfp8Static", "kMxfp8Dynamic")
 FP8_PER_TENSOR: Scheme = ("kFp8StaticTensorSym", "kFp8StaticTensorSym")
+NVFP4: Scheme = ("kNvfp4Static", "kNvfp4Dynamic")
+MXFP4: Scheme = ("kMxfp4Static", None)
+MXFP4_MXFP8: Scheme = ("kMxfp4Static", "kMxfp8Dynamic")
+MXINT4: Scheme = ("kInt4Static32", None)
 UNQUANTIZED: Scheme = (None, None)
 
 SCHEME_LABELS: dict[Scheme, str] = {
     FP8_BLOCK: "fp8-block",
     MXFP8: "mxfp8",
     FP8_PER_TENSOR: "fp8-per-tensor",
+    NVFP4: "nvfp4",
+    MXFP4: "mxfp4",
+    MXFP4_MXFP8: "mxfp4-mxfp8",
+    MXINT4: "mxint4",
     UNQUANTIZED: "bf16",
 }
 
@@ -126,7 +140,7 @@ TARGETS: tuple[Target, ...] = (
         f"{FUSED_MOE}.flashinfer_trtllm_moe",
         None,
         "_supports_routing_method_bf16",
-        "bf16-function",
+        "function",
         (UNQUANTIZED,),
         "0.16-0.19",
     ),
@@ -134,9 +148,47 @@ TARGETS: tuple[Target, ...] = (
         f"{FUSED_MOE}.flashinfer_trtllm_moe",
         None,
         "_supports_routing_method",
-        "fp8-function-0.16",
+        "keys-first-function",
         (FP8_BLOCK, FP8_PER_TENSOR),
         "0.16",
+    ),
+    # The other fused kernels share the routing code the bug lives in
+    # (trtllm_fp4_block_scale_moe for NVFP4 and MXFP4 weights,
+    # trtllm_mxint4_block_scale_moe). They accept both methods in every vLLM
+    # release, so only the guard changes them. The LoRA experts
+    # (TrtLlmBf16LoRAExperts, TrtLlmMxfp4LoRAExperts) are modular: vLLM routes
+    # and calls the pre-routed kernels, which the bug does not reach.
+    Target(
+        f"{FUSED_MOE}.experts.trtllm_nvfp4_moe",
+        "TrtLlmNvFp4ExpertsMonolithic",
+        "_supports_routing_method",
+        "method",
+        (NVFP4,),
+        "0.17-0.33",
+    ),
+    Target(
+        "vllm.model_executor.layers.quantization.utils.flashinfer_fp4_moe",
+        None,
+        "_supports_routing_method",
+        "function",
+        (NVFP4,),
+        "0.15-0.16",
+    ),
+    Target(
+        f"{FUSED_MOE}.experts.trtllm_mxfp4_moe",
+        "TrtLlmMxfp4ExpertsMonolithic",
+        "_supports_routing_method",
+        "method",
+        (MXFP4, MXFP4_MXFP8),
+        "0.19-0.33",
+    ),
+    Target(
+        f"{FUSED_MOE}.experts.trtllm_mxint4_moe",
+        "TrtLlmMxint4ExpertsMonolithic",
+        "_supports_routing_method",
+        "method",
+        (MXINT4,),
+        "0.23-0.33",
     ),
 )
 
@@ -214,12 +266,12 @@ def _caller(target: Target, check: Callable[..., Any]) -> Callable[..., bool]:
     """Call any target's routing check as ``f(method, weight_key, activation_key)``."""
     if target.call == "method":
         return lambda method, wk, ak: bool(check(method, wk, ak))
-    if target.call == "bf16-function":
+    if target.call == "function":
         return lambda method, wk, ak: bool(check(method))
     return lambda method, wk, ak: bool(check(wk, ak, method))
 
 
-_ARITY = {"method": 3, "bf16-function": 1, "fp8-function-0.16": 3}
+_ARITY = {"method": 3, "function": 1, "keys-first-function": 3}
 
 
 def _check_signature(func: Callable[..., Any], expected: int, what: str) -> None:
@@ -289,6 +341,8 @@ def probe(target: Target, module: ModuleType) -> Probe | None:
         keys = (_quant_key(module, scheme[0]), _quant_key(module, scheme[1]))
         if _MISSING not in keys:
             schemes[SCHEME_LABELS[scheme]] = keys
+    if not schemes:
+        raise Unrecognised("none of its quant keys found in this vLLM")
     return Probe(target, module, owner, check, methods, schemes)
 
 
@@ -329,7 +383,7 @@ def _refusing(
 ) -> Any:
     """A module-level routing check without the refused methods, for every
     shape: these functions cannot see the layer's shape."""
-    if target.call == "bf16-function":
+    if target.call == "function":
 
         def _supports_routing_method_bf16(routing_method: Any) -> bool:
             return routing_method not in refused and bool(original(routing_method))
