@@ -37,6 +37,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "vllm(spec): run only where the installed vLLM matches spec"
     )
     config.addinivalue_line("markers", "no_vllm: run only where vLLM is not installed")
+    config.addinivalue_line(
+        "markers",
+        "flashinfer(spec): run only where the installed flashinfer-python matches",
+    )
 
 
 def pytest_report_header() -> str:
@@ -49,6 +53,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             spec = SpecifierSet(marker.args[0])
             if VLLM is None or Version(VLLM) not in spec:
                 item.add_marker(pytest.mark.skip(reason=f"needs vllm{spec}"))
+        for marker in item.iter_markers("flashinfer"):
+            spec = SpecifierSet(marker.args[0])
+            if FLASHINFER is None or not spec.contains(FLASHINFER, prereleases=True):
+                item.add_marker(
+                    pytest.mark.skip(reason=f"needs flashinfer-python{spec}")
+                )
         if item.get_closest_marker("no_vllm") and VLLM is not None:
             item.add_marker(
                 pytest.mark.skip(reason="needs an environment without vLLM")
@@ -105,3 +115,16 @@ def versions(**overrides: str | None):
         return installed(distribution)
 
     return version_of
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The fault-injection counts quoted in docs/reliability.md."""
+    import sys
+
+    faults = sys.modules.get("test_faults")
+    tally = getattr(faults, "TALLY", None)
+    if tally and tally["injected"]:
+        terminalreporter.write_line(
+            f"faults injected: {tally['injected']}, escaped: {tally['escaped']}, "
+            f"partial patches: {tally['partial']}"
+        )

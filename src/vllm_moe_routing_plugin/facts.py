@@ -60,6 +60,7 @@ class Gpu:
 class GpuReading:
     gpus: tuple[Gpu, ...]
     error: str | None = None  # why no GPU could be read, when none was
+    failed: bool = False  # NVML answered init but failed a query: worth a WARNING
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Facts:
     versions: Mapping[str, str | None]
     gpus: tuple[Gpu, ...]
     gpu_error: str | None = None
+    gpu_query_failed: bool = False
     assumed: tuple[str, ...] = field(default=())  # facts given by what-if flags
 
     def version(self, distribution: str) -> str | None:
@@ -80,6 +82,30 @@ def read_versions(
     version_of: VersionOf = installed_version,
 ) -> dict[str, str | None]:
     return {name: version_of(name) for name in distributions}
+
+
+def vllm_pins(
+    requires_of: Callable[[str], list[str] | None] = importlib.metadata.requires,
+) -> dict[str, str]:
+    """The FlashInfer versions the installed vLLM pins (``Requires-Dist``), e.g.
+    ``{"flashinfer-python": "==0.6.6"}``; empty without vLLM."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    try:
+        requirements = requires_of(VLLM) or []
+    except importlib.metadata.PackageNotFoundError:
+        return {}
+    pins: dict[str, str] = {}
+    for text in requirements:
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        if requirement.marker is not None and "extra" in str(requirement.marker):
+            continue
+        if requirement.name in (FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE):
+            pins[requirement.name] = str(requirement.specifier)
+    return pins
 
 
 def visible_device_entries(environ: Mapping[str, str]) -> list[str] | None:
@@ -129,7 +155,7 @@ def read_gpus_nvml(environ: Mapping[str, str], nvml: Any = None) -> GpuReading:
             for ordinal, handle in enumerate(chosen)
         )
     except Exception as exc:
-        return GpuReading((), f"NVML query failed ({_describe(exc)})")
+        return GpuReading((), f"NVML query failed ({_describe(exc)})", failed=True)
     finally:
         with contextlib.suppress(Exception):  # shutting down is best effort
             nvml.nvmlShutdown()
@@ -205,4 +231,4 @@ def gather(
     if capabilities is not None:
         return Facts(versions, gpus_from_capabilities(capabilities, capability_source))
     reading = read_gpus_nvml(env, nvml)
-    return Facts(versions, reading.gpus, reading.error)
+    return Facts(versions, reading.gpus, reading.error, reading.failed)

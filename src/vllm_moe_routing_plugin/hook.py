@@ -26,9 +26,15 @@ class ImportHook(importlib.abc.MetaPathFinder):
     """A ``sys.meta_path`` finder that calls ``on_import(module)`` after each
     watched module has executed."""
 
-    def __init__(self, modules: Iterable[str], on_import: OnImport) -> None:
+    def __init__(
+        self,
+        modules: Iterable[str],
+        on_import: OnImport,
+        on_error: Callable[[str, Exception], None] = lambda name, error: None,
+    ) -> None:
         self._modules = frozenset(modules)
         self._on_import = on_import
+        self._on_error = on_error
 
     @property
     def modules(self) -> frozenset[str]:
@@ -42,19 +48,33 @@ class ImportHook(importlib.abc.MetaPathFinder):
     ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in self._modules:
             return None
+        try:
+            spec = self._real_spec(fullname, path, target)
+        except Exception:
+            return None  # the import system asks the same finders and reports it
+        if spec is None:
+            return None
+        try:
+            loader = spec.loader
+            if loader is None or not hasattr(loader, "exec_module"):
+                return spec
+            spec.loader = _CallbackLoader(loader, self._on_import)
+        except Exception as exc:
+            # The module is then imported as if the hook were not there.
+            self._on_error(fullname, exc)
+            return None
+        return spec
+
+    def _real_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None
+    ) -> importlib.machinery.ModuleSpec | None:
         for finder in sys.meta_path:
             if finder is self or not hasattr(finder, "find_spec"):
                 continue
             spec = finder.find_spec(fullname, path, target)
             if spec is not None:
-                break
-        else:
-            return None
-        loader = spec.loader
-        if loader is None or not hasattr(loader, "exec_module"):
-            return spec
-        spec.loader = _CallbackLoader(loader, self._on_import)
-        return spec
+                return spec
+        return None
 
     def install(self) -> None:
         if self not in sys.meta_path:

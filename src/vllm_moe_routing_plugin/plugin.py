@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -132,21 +133,37 @@ def plugin_version() -> str:
         return "unknown"
 
 
-def vllm_has_module(name: str) -> bool:
-    """Whether the installed vLLM ships module ``name``, without importing it
-    (importing would pull in vLLM's fused-MoE package)."""
+def vllm_module_file(name: str) -> str | None:
+    """The source file of vLLM module ``name``, found without importing it
+    (importing would pull in vLLM's fused-MoE package); None if vLLM (already
+    imported) does not ship it."""
     vllm = sys.modules.get("vllm")
-    locations = list(getattr(vllm, "__path__", ()) or ())
-    if not locations:
-        return False
-    import os
-
     relative = name.split(".")[1:]
-    return any(
-        os.path.isfile(os.path.join(base, *relative) + ".py")
-        or os.path.isfile(os.path.join(base, *relative, "__init__.py"))
-        for base in locations
-    )
+    for base in list(getattr(vllm, "__path__", ()) or ()):
+        for path in (
+            os.path.join(base, *relative) + ".py",
+            os.path.join(base, *relative, "__init__.py"),
+        ):
+            if os.path.isfile(path):
+                return path
+    return None
+
+
+def vllm_has_module(name: str) -> bool:
+    return vllm_module_file(name) is not None
+
+
+def imports_flashinfer(name: str) -> bool:
+    """Whether vLLM's module ``name`` imports FlashInfer when it is imported
+    (``experts/trtllm_nvfp4_moe.py`` of vLLM 0.17-0.19 does, at its top).
+    The plugin never imports such a module itself."""
+    path = vllm_module_file(name)
+    if path is None:
+        return False
+    with open(path, encoding="utf-8") as source:
+        return any(
+            line.startswith(("import flashinfer", "from flashinfer")) for line in source
+        )
 
 
 _current: Activation | None = None
@@ -189,6 +206,8 @@ def activate(
         found = facts_.gather(
             environ, capabilities=config.capabilities, version_of=version_of, nvml=nvml
         )
+    if found.gpu_query_failed:
+        logger.warning("%s: %s", report.PLUGIN, found.gpu_error)
     with step("deciding"):
         decision = policy.decide(found, config)
     activation = Activation(plugin_version(), config, found, decision)
@@ -222,7 +241,10 @@ def _watch(activation: Activation, *, patch: bool = True) -> None:
             except Exception as exc:
                 warn("logging the decision", exc)
 
-    activation.hook = ImportHook(modules, on_import)
+    def on_error(name: str, error: Exception) -> None:
+        warn(f"watching the import of {name}", error)
+
+    activation.hook = ImportHook(modules, on_import, on_error)
     activation.hook.install()
     if patch:
         for name in modules:

@@ -186,6 +186,14 @@ def companion_notes(facts: Facts) -> tuple[str, ...]:
             f"{FLASHINFER_CUBIN} {cubin} differs from {FLASHINFER} {python}: "
             "FlashInfer 0.6.x refuses to import then (install both at the same version)"
         )
+    jit_cache = facts.version(FLASHINFER_JIT_CACHE)
+    if python is not None and jit_cache is not None:
+        jit_public = jit_cache.split("+", 1)[0]
+        if jit_public != python:
+            notes.append(
+                f"{FLASHINFER_JIT_CACHE} {jit_cache} does not match {FLASHINFER} "
+                f"{python}: FlashInfer 0.6.x refuses to import then"
+            )
     return tuple(notes)
 
 

@@ -1,0 +1,147 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Targets in a shape the plugin does not know (a future vLLM) are left alone
+and reported; nothing else is touched. Built on stand-in modules: these shapes
+do not exist in any released vLLM."""
+
+import enum
+import inspect
+from types import ModuleType
+
+import pytest
+
+from vllm_moe_routing_plugin import policy, targets
+
+ENABLE = policy.Decision("enable", "test")
+GUARD = policy.Decision(
+    "guard", "test", guard=policy.Guard((policy.FLASHINFER_2822,), "0.6.6")
+)
+
+
+class Methods(enum.IntEnum):
+    Default = 0
+    Renormalize = 1
+    DeepSeekV3 = 2
+    RenormalizeNaive = 4
+
+
+class NoNaive(enum.IntEnum):
+    Renormalize = 1
+    DeepSeekV3 = 2
+
+
+TARGET = targets.Target(
+    "future.module",
+    "Experts",
+    "_supports_routing_method",
+    "method",
+    ((None, None),),
+    "future",
+)
+
+
+def module_with(cls, methods=Methods):
+    module = ModuleType("future.module")
+    module.Experts = cls
+    module.RoutingMethodType = methods
+    return module
+
+
+def supported(cls, moe_config, weight_key, activation_key, activation_format):
+    return True, None
+
+
+class Good:
+    is_supported_config = staticmethod(supported)
+
+    @staticmethod
+    def _supports_routing_method(routing_method, weight_key, activation_key):
+        return routing_method == Methods.DeepSeekV3
+
+
+class MethodMissing:
+    is_supported_config = staticmethod(supported)
+
+
+class NotStatic:
+    is_supported_config = staticmethod(supported)
+
+    def _supports_routing_method(self, routing_method, weight_key, activation_key):
+        return False
+
+
+class OtherSignature:
+    is_supported_config = staticmethod(supported)
+
+    @staticmethod
+    def _supports_routing_method(routing_method, weight_key, activation_key, extra):
+        return False
+
+
+class ConfigCheckNotStatic:
+    def is_supported_config(self, moe_config, wk, ak, fmt):
+        return True, None
+
+    @staticmethod
+    def _supports_routing_method(routing_method, weight_key, activation_key):
+        return (
+            routing_method == Methods.Renormalize
+            or routing_method == Methods.RenormalizeNaive
+        )
+
+
+def snapshot(cls):
+    return {k: v for k, v in vars(cls).items()}
+
+
+def test_known_shape_is_patched():
+    cls = type("Good", (Good,), {})
+    outcome = targets.apply(TARGET, module_with(cls), ENABLE)
+    assert outcome.state == "patched"
+    outcome.patch.undo()
+
+
+@pytest.mark.parametrize(
+    ("cls", "methods", "decision", "why"),
+    [
+        (MethodMissing, Methods, ENABLE, "Experts has no _supports_routing_method"),
+        (NotStatic, Methods, ENABLE, "is not a staticmethod"),
+        (OtherSignature, Methods, ENABLE, "takes 4 arguments, not 3"),
+        (Good, NoNaive, ENABLE, "RoutingMethodType has no RenormalizeNaive"),
+        (
+            ConfigCheckNotStatic,
+            Methods,
+            GUARD,
+            "is_supported_config is not a staticmethod",
+        ),
+    ],
+)
+def test_unknown_shapes_are_left_alone_and_said(cls, methods, decision, why):
+    cls = type(cls.__name__, (cls,), {})
+    before = snapshot(cls)
+    outcome = targets.apply(TARGET, module_with(cls, methods), decision)
+    assert outcome.state == "unrecognised"
+    assert outcome.detail.startswith("left alone: ")
+    assert why in outcome.detail
+    assert outcome.patch is None
+    assert snapshot(cls) == before
+
+
+def test_check_that_raises_something_else_is_left_alone():
+    class Raising(Good):
+        @staticmethod
+        def _supports_routing_method(routing_method, weight_key, activation_key):
+            raise KeyError("new quant key table")
+
+    outcome = targets.apply(TARGET, module_with(Raising), ENABLE)
+    assert outcome.state == "unrecognised"
+    assert "KeyError" in outcome.detail
+    assert "_supports_routing_method" in vars(Raising)
+    assert inspect.getattr_static(
+        Raising, "_supports_routing_method"
+    ).__func__.__name__ == ("_supports_routing_method")
+
+
+def test_missing_class_is_absent():
+    module = ModuleType("future.module")
+    module.RoutingMethodType = Methods
+    assert targets.apply(TARGET, module, ENABLE).state == "absent"

@@ -1,0 +1,290 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fault injection through vLLM's real plugin loader.
+
+Every external call the plugin makes is made to raise in turn; then vLLM's own
+``load_general_plugins()`` runs (as in every vLLM process) and must return,
+exactly one WARNING must name the failed step, vLLM's checks must answer as
+the originals where the fault hit, and no target may be left half-patched.
+
+Targets are patched independently: a fault on one target leaves it as vLLM
+wrote it and does not stop the others from being patched.
+
+The counts are printed at the end of the run (``faults injected``, ``escaped``,
+``partial patches``) and quoted in docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import pytest
+
+from vllm_moe_routing_plugin import facts, hook, plugin, targets
+from vllm_support import SM100
+
+pytestmark = pytest.mark.vllm(">=0.16")
+
+TALLY = {"injected": 0, "escaped": 0, "partial": 0}
+PROBE = targets.probe  # the real one, for checking after a fault was injected
+
+
+class Fault(RuntimeError):
+    pass
+
+
+def raise_fault(*args, **kwargs):
+    raise Fault("injected")
+
+
+def imported_targets():
+    """Import every target module this vLLM has, as vLLM does when it builds a
+    MoE layer, and return the targets present with their original answers."""
+    import vllm  # noqa: F401
+
+    found = {}
+    for target in targets.TARGETS:
+        if plugin.vllm_module_file(target.module) is None:
+            continue
+        module = __import__(target.module, fromlist=["_"])
+        probe = PROBE(target, module)
+        if probe is not None:
+            found[target] = (probe, probe.accepted(), dict(vars(probe.owner)))
+    return found
+
+
+TARGETS = None
+
+
+def present():
+    global TARGETS
+    if TARGETS is None:
+        TARGETS = imported_targets()
+    return TARGETS
+
+
+def load_plugins(monkeypatch, records):
+    """vLLM's own loader, as if this process had just started."""
+    import vllm.plugins
+
+    monkeypatch.setattr(vllm.plugins, "plugins_loaded", False)
+    monkeypatch.setenv("VLLM_PLUGINS", "moe_routing")
+    TALLY["injected"] += 1
+    try:
+        vllm.plugins.load_general_plugins()
+    except BaseException:
+        TALLY["escaped"] += 1
+        raise
+    return records.lines(logging.WARNING)
+
+
+def assert_whole(failed: set[targets.Target] = frozenset()) -> None:
+    """Each target is either as vLLM wrote it or completely patched; the failed
+    ones are as vLLM wrote them."""
+    activation = plugin.current()
+    for target, (probe, before, attributes) in present().items():
+        outcome = activation.outcomes.get(target) if activation else None
+        now = dict(vars(probe.owner))
+        untouched = now == attributes
+        patched = outcome is not None and outcome.state == "patched"
+        if target in failed or not patched:
+            if not untouched:
+                TALLY["partial"] += 1
+            assert untouched, target.name
+            current = PROBE(target, probe.module)
+            assert current.accepted() == before, target.name
+        else:
+            changed = {k for k in now if now[k] is not attributes.get(k)}
+            expected = {outcome.patch.attr}
+            if changed != expected:
+                TALLY["partial"] += 1
+            assert changed == expected, target.name
+
+
+@pytest.fixture(autouse=True)
+def sm100(monkeypatch):
+    for name, value in SM100.items():
+        monkeypatch.setenv(name, value)
+
+
+DISTRIBUTIONS = list(facts.DISTRIBUTIONS)
+
+
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_metadata_lookup_fails(distribution, monkeypatch, records):
+    present()
+    real = facts.importlib.metadata.version
+
+    def version(name):
+        if name == distribution:
+            raise Fault("injected")
+        return real(name)
+
+    monkeypatch.setattr(facts.importlib.metadata, "version", version)
+    warnings = load_plugins(monkeypatch, records)
+    assert len(warnings) == 1, warnings
+    assert "reading package versions and GPUs failed (Fault: injected)" in warnings[0]
+    assert plugin.current() is None
+    assert_whole()
+
+
+class FakeNvml:
+    """NVML answering for one B200, except for the function that fails."""
+
+    def __init__(self, failing):
+        self.failing = failing
+
+    def __getattr__(self, name):
+        answers = {
+            "nvmlInit": lambda: None,
+            "nvmlShutdown": lambda: None,
+            "nvmlDeviceGetCount": lambda: 1,
+            "nvmlDeviceGetHandleByIndex": lambda i: i,
+            "nvmlDeviceGetName": lambda h: "NVIDIA B200",
+            "nvmlDeviceGetUUID": lambda h: "GPU-0000",
+            "nvmlDeviceGetCudaComputeCapability": lambda h: (10, 0),
+        }
+        if name == self.failing:
+            return raise_fault
+        return answers[name]
+
+
+NVML_QUERIES = [
+    "nvmlDeviceGetCount",
+    "nvmlDeviceGetHandleByIndex",
+    "nvmlDeviceGetName",
+    "nvmlDeviceGetCudaComputeCapability",
+]
+
+
+@pytest.mark.parametrize("failing", NVML_QUERIES)
+def test_nvml_query_fails(failing, monkeypatch, records):
+    present()
+    monkeypatch.delenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml(failing))
+    warnings = load_plugins(monkeypatch, records)
+    assert len(warnings) == 1, warnings
+    assert "NVML query failed (Fault: injected)" in warnings[0]
+    assert plugin.current().decision.action == "not-applicable"
+    assert_whole()
+
+
+def test_nvml_init_fails_is_the_no_gpu_answer(monkeypatch, records):
+    """A host without an NVIDIA driver answers nvmlInit with an error: that is
+    the normal "no GPU" case, said in the INFO line, not a WARNING."""
+    present()
+    monkeypatch.delenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY")
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNvml("nvmlInit"))
+    warnings = load_plugins(monkeypatch, records)
+    assert warnings == []
+    decision = plugin.current().decision
+    assert decision.action == "not-applicable"
+    assert "NVML unavailable (Fault: injected)" in decision.reason
+    assert_whole()
+
+
+def test_registration_with_vllm_envs_fails(monkeypatch, records):
+    present()
+    monkeypatch.setitem(sys.modules, "vllm.envs", None)
+    warnings = load_plugins(monkeypatch, records)
+    assert len(warnings) == 1, warnings
+    assert "registering the plugin's variables with vLLM failed" in warnings[0]
+    assert plugin.current() is not None  # the decision still stands
+    assert_whole()
+
+
+def test_logger_fails(monkeypatch, records):
+    present()
+    monkeypatch.setattr(plugin.logger, "info", raise_fault)
+    warnings = load_plugins(monkeypatch, records)
+    assert len(warnings) == 1, warnings
+    assert "logging the decision failed (Fault: injected)" in warnings[0]
+    assert plugin.current() is None
+    assert_whole()
+
+
+def _target_names():
+    import vllm  # noqa: F401
+
+    return [t.name for t in present()]
+
+
+def pytest_generate_tests(metafunc):
+    if "target_name" in metafunc.fixturenames:
+        try:
+            names = _target_names()
+        except Exception:
+            names = []
+        metafunc.parametrize("target_name", names or ["(no vLLM)"])
+
+
+@pytest.mark.parametrize("operation", ["read", "write"])
+def test_target_attribute_fails(operation, target_name, monkeypatch, records):
+    chosen = next((t for t in present() if t.name == target_name), None)
+    if chosen is None:
+        pytest.skip("no target in this vLLM")
+    if operation == "read":
+        real = targets.probe
+
+        def probe(target, module):
+            if target is chosen:
+                raise Fault("injected")
+            return real(target, module)
+
+        monkeypatch.setattr(targets, "probe", probe)
+    else:
+        real_apply = targets.Patch.apply
+
+        def apply(self):
+            if self.owner is present()[chosen][0].owner and (
+                self.attr in (chosen.check, "is_supported_config")
+            ):
+                raise Fault("injected")
+            return real_apply(self)
+
+        monkeypatch.setattr(targets.Patch, "apply", apply)
+    # Take the decision that changes this target: enable or guard.
+    _, before, _ = present()[chosen]
+    accepts = all(
+        {"Renormalize", "RenormalizeNaive"} <= set(names) for names in before.values()
+    )
+    monkeypatch.setenv(
+        "VLLM_MOE_ROUTING_RENORMALIZE", "disable" if accepts else "enable"
+    )
+    warnings = load_plugins(monkeypatch, records)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith(f"moe_routing: {chosen.name} failed (left alone: ")
+    assert "Fault: injected" in warnings[0]
+    assert plugin.current().outcomes[chosen].state == "failed"
+    assert_whole({chosen})
+
+
+def test_hook_fails_to_watch_an_import(monkeypatch, records):
+    fp8 = "vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe"
+    if plugin.vllm_module_file(fp8) is None:
+        pytest.skip("no FP8 target module in this vLLM")
+    present()
+    monkeypatch.delitem(
+        sys.modules, fp8
+    )  # imported again below, as if for the first time
+    monkeypatch.setattr(hook, "_CallbackLoader", raise_fault)
+    warnings = load_plugins(monkeypatch, records)
+    assert warnings == []
+    module = __import__(fp8, fromlist=["_"])
+    warnings = records.lines(logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert f"watching the import of {fp8} failed (Fault: injected)" in warnings[0]
+    assert not any(
+        targets.is_ours(v)
+        for cls in vars(module).values()
+        if isinstance(cls, type)
+        for v in vars(cls).values()
+    )
+
+
+def test_tally():
+    """Runs last in this file; conftest prints the counts at the end of the run."""
+    assert TALLY["escaped"] == 0
+    assert TALLY["partial"] == 0
+    assert TALLY["injected"] >= 12
