@@ -7,7 +7,8 @@ import sys
 
 import pytest
 
-from conftest import VLLM
+from conftest import FLASHINFER, VLLM
+from vllm_moe_routing_plugin import cli
 
 
 def status(*args, env=None):
@@ -115,6 +116,7 @@ def test_status_imports_no_flashinfer_and_creates_no_cuda_context():
 
 
 @pytest.mark.vllm("==0.19.1")
+@pytest.mark.flashinfer(">=0.6.7")
 def test_targets_before_and_after_on_0_19():
     data = json.loads(status("--json", "--capability", "10.0").stdout)
     rows = {r["name"]: r for r in data["targets"]}
@@ -128,6 +130,44 @@ def test_targets_before_and_after_on_0_19():
         "RenormalizeNaive",
     }
     assert rows["TrtLlmBf16ExpertsMonolithic"]["state"] == "absent"
+    assert data["package_notes"] == [
+        f"flashinfer-python {FLASHINFER} is newer than vLLM's pin ==0.6.6 "
+        "(installed over it)",
+        f"flashinfer-cubin {FLASHINFER} is newer than vLLM's pin ==0.6.6 "
+        "(installed over it)",
+    ]
+
+
+@pytest.mark.vllm(">=0.26")
+def test_targets_on_the_newest_vllm_are_native():
+    data = json.loads(status("--json", "--capability", "10.0").stdout)
+    assert data["action"] == "enable"
+    rows = {r["name"]: r for r in data["targets"]}
+    for name in (
+        "TrtLlmFp8ExpertsMonolithic",
+        "TrtLlmBf16ExpertsMonolithic",
+        "TrtLlmNvFp4ExpertsMonolithic",
+        "TrtLlmMxfp4ExpertsMonolithic",
+    ):
+        assert rows[name]["state"] == "native", rows[name]
+        assert rows[name]["before"] == rows[name]["after"]
+    assert rows["TrtLlmFp8Experts"]["state"] == "absent"
+    assert data["line"].endswith("TrtLlmMxint4ExpertsMonolithic native")
+
+
+@pytest.mark.vllm(">=0.26")
+def test_guard_what_if_on_the_newest_vllm_shows_the_refusal():
+    data = json.loads(
+        status("--json", "--capability", "10.0", "--flashinfer", "0.6.6").stdout
+    )
+    rows = {r["name"]: r for r in data["targets"]}
+    fp8 = rows["TrtLlmFp8ExpertsMonolithic"]
+    assert fp8["state"] == "patched"
+    assert fp8["detail"] == (
+        "-Renormalize -RenormalizeNaive for 128 < experts <= 512 with top_k < 10"
+    )
+    assert "Renormalize" in fp8["before"]["fp8-block"]
+    assert "Renormalize" not in fp8["after"]["fp8-block"]
 
 
 @pytest.mark.no_vllm
@@ -139,3 +179,39 @@ def test_status_without_vllm():
     assert data["vllm_problem"].startswith("vLLM is not importable here")
     assert data["targets"] == []
     assert VLLM is None
+
+
+def _collect(**edges):
+    args = cli.parser().parse_args(["status", "--capability", "10.0", "--no-targets"])
+    return cli.collect(args, {}, **edges)
+
+
+def test_entry_point_not_discoverable_exits_1():
+    data = _collect(entry_points=lambda group: [])
+    assert data["plugin"]["discovered"] is False
+    assert "vLLM will not load the plugin" in data["plugin"]["problem"]
+    assert cli.exit_status(data) == 1
+
+
+def test_companion_wheel_mismatch_exits_1():
+    def installed_version(distribution):
+        return {"flashinfer-python": "0.6.7", "flashinfer-cubin": "0.6.6"}.get(
+            distribution
+        )
+
+    data = _collect(installed_version=installed_version)
+    assert data["action"] == "enable"
+    assert any("flashinfer-cubin 0.6.6 differs" in p for p in data["problems"])
+    assert cli.exit_status(data) == 1
+
+
+def test_pin_notes():
+    assert cli.pin_notes(
+        {"flashinfer-python": "0.6.7", "flashinfer-cubin": "0.6.6"},
+        {"flashinfer-python": "==0.6.6", "flashinfer-cubin": "==0.6.6"},
+    ) == [
+        "flashinfer-python 0.6.7 is newer than vLLM's pin ==0.6.6 (installed over it)"
+    ]
+    assert cli.pin_notes(
+        {"flashinfer-python": "0.6.6"}, {"flashinfer-python": "==0.7.2.post1"}
+    ) == ["flashinfer-python 0.6.6 is older than vLLM's pin ==0.7.2.post1"]

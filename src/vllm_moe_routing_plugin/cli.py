@@ -15,26 +15,33 @@ import importlib.metadata
 import json
 import os
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
 from . import facts as facts_
 from . import policy, report, settings, targets
-from .plugin import plugin_version, vllm_has_module
+from .plugin import imports_flashinfer, plugin_version, vllm_has_module
 
 ENTRY_POINT_GROUP = "vllm.general_plugins"
 
 
-def entry_point() -> dict[str, Any]:
+EntryPoints = Callable[..., Any]
+
+
+def entry_point(
+    environ: Mapping[str, str],
+    entry_points: EntryPoints = importlib.metadata.entry_points,
+) -> dict[str, Any]:
     """Whether vLLM's loader would find the plugin, and whether VLLM_PLUGINS
     lets it load (vLLM splits that list on commas and strips nothing)."""
     found = [
-        ep
-        for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
-        if ep.name == report.PLUGIN
+        ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == report.PLUGIN
     ]
-    raw = os.environ.get("VLLM_PLUGINS")
+    raw = environ.get("VLLM_PLUGINS")
     allowed = True
     problem = None
     if raw is not None:
@@ -63,12 +70,14 @@ def entry_point() -> dict[str, Any]:
     }
 
 
-def _what_if_versions(flashinfer: str | None) -> facts_.VersionOf:
+def _what_if_versions(
+    flashinfer: str | None, installed_version: facts_.VersionOf
+) -> facts_.VersionOf:
     if flashinfer is None:
-        return facts_.installed_version
+        return installed_version
 
     def version_of(distribution: str) -> str | None:
-        installed = facts_.installed_version(distribution)
+        installed = installed_version(distribution)
         if distribution == facts_.FLASHINFER:
             return flashinfer
         if distribution == facts_.FLASHINFER_CUBIN and installed is not None:
@@ -98,6 +107,12 @@ def _targets(decision: policy.Decision) -> tuple[list[dict[str, Any]], str | Non
         }
         rows.append(row)
         if not vllm_has_module(target.module):
+            continue
+        if target.module not in sys.modules and imports_flashinfer(target.module):
+            row.update(
+                state="not-probed",
+                detail="importing it imports FlashInfer; patched when vLLM imports it",
+            )
             continue
         try:
             module = importlib.import_module(target.module)
@@ -161,7 +176,40 @@ def answer(decision: policy.Decision) -> str:
     return "The plugin is disabled: vLLM's own choice stands."
 
 
-def collect(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+def pin_notes(versions: Mapping[str, str | None], pins: Mapping[str, str]) -> list[str]:
+    """FlashInfer wheels installed outside the versions the installed vLLM pins
+    (the upgrade vLLM 0.18/0.19 users make for the fast path, or a downgrade)."""
+    notes = []
+    for distribution, pin in pins.items():
+        installed = policy.parse_version(versions.get(distribution))
+        if installed is None or not pin:
+            continue
+        specifier = SpecifierSet(pin)
+        if specifier.contains(installed, prereleases=True):
+            continue
+        pinned = [s.version for s in specifier if s.operator in ("==", "===")]
+        if pinned and policy.parse_version(pinned[0]) is not None:
+            older = installed < Version(pinned[0])
+            relation = "older than" if older else "newer than"
+            notes.append(
+                f"{distribution} {installed} is {relation} vLLM's pin {pin}"
+                + ("" if older else " (installed over it)")
+            )
+        else:
+            notes.append(f"{distribution} {installed} is outside vLLM's pin {pin}")
+    return notes
+
+
+def collect(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    *,
+    installed_version: facts_.VersionOf = facts_.installed_version,
+    entry_points: EntryPoints = importlib.metadata.entry_points,
+    requires_of: Callable[[str], list[str] | None] = importlib.metadata.requires,
+) -> dict[str, Any]:
+    """Everything the report shows, as plain data (the ``--json`` object).
+    The keyword arguments are the package-metadata edges, for tests."""
     config = settings.read(environ)
     assumed: list[str] = []
     capabilities = config.capabilities
@@ -175,14 +223,15 @@ def collect(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, A
         environ,
         capabilities=capabilities,
         capability_source=source,
-        version_of=_what_if_versions(args.flashinfer),
+        version_of=_what_if_versions(args.flashinfer, installed_version),
     )
     decision = policy.decide(found, config)
     rows, vllm_problem = _targets(decision) if not args.no_targets else ([], None)
-    plugin = entry_point()
+    plugin = entry_point(environ, entry_points)
     problems = [p for p in (plugin["problem"],) if p]
     problems += list(config.problems)
     problems += list(policy.companion_notes(found))
+    pending = [_target(r).module for r in rows if r["state"] == "not-probed"]
     return {
         "answer": answer(decision),
         "action": decision.action,
@@ -190,7 +239,12 @@ def collect(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, A
         "line": report.decision_line(
             plugin_version(),
             decision,
-            [targets.Outcome(_target(r), r["state"], r["detail"]) for r in rows],
+            [
+                targets.Outcome(_target(r), r["state"], r["detail"])
+                for r in rows
+                if r["state"] != "not-probed"
+            ],
+            pending,
         ),
         "plugin": {**plugin, "version": plugin_version()},
         "settings": [
@@ -204,6 +258,7 @@ def collect(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, A
             for r in config.readings
         ],
         "packages": dict(found.versions),
+        "package_notes": pin_notes(found.versions, facts_.vllm_pins(requires_of)),
         "gpus": [
             {
                 "index": g.index,
@@ -274,6 +329,8 @@ def render(status: Mapping[str, Any]) -> str:
     add("packages")
     for name, version in status["packages"].items():
         add(f"  {name:<21} {version or 'not installed'}")
+    for note in status["package_notes"]:
+        add(f"  note: {note}")
     add("gpus")
     if not status["gpus"]:
         add(f"  none ({status['gpu_error']})")
@@ -296,6 +353,122 @@ def _version(text: str) -> str:
     if policy.parse_version(text) is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comparable version")
     return text
+
+
+QUICK_TOKENS = (1, 17, 257)
+
+
+def verify(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Run what this machine can run: the top-k probe (any CUDA GPU of compute
+    capability >= 9.0 with nvcc), the kernel check (SM100/SM103 only)."""
+    from . import cases as cases_
+    from . import kernel_check, probe
+
+    tokens = QUICK_TOKENS if args.quick else cases_.TOKENS
+    selected = cases_.adversarial(tokens=tokens)
+    gpus = facts_.read_gpus_nvml(environ).gpus
+    result: dict[str, Any] = {
+        "gpus": [f"{g.name} sm_{g.capability[0]}{g.capability[1]}" for g in gpus],
+        "cases": len(selected),
+    }
+    probe_report: dict[str, Any] = {"ran": False}
+    try:
+        if not gpus or max(g.capability for g in gpus) < (9, 0):
+            raise probe.NotRunnable(
+                "needs a CUDA GPU of compute capability 9.0 or newer"
+            )
+        header = probe.find_header(args.flashinfer_include, args.flashinfer_version)
+        probe_report.update(flashinfer=header.version, header=str(header.path))
+        rows = [r.row() for r in probe.run(header, selected)]
+        probe_report.update(
+            ran=True,
+            runs=rows,
+            failed_runs=sum(not r["passed"] for r in rows),
+            wrong_tokens=sum(r["wrong_experts"] + r["invalid_ids"] for r in rows),
+            tokens=sum(r["tokens"] for r in rows),
+        )
+    except probe.NotRunnable as exc:
+        probe_report["not_run"] = str(exc)
+    result["probe"] = probe_report
+    kernel_report: dict[str, Any] = {"ran": False}
+    reason = kernel_check.unavailable(gpus)
+    if reason is not None:
+        kernel_report["not_run"] = reason
+    else:
+        version = policy.parse_version(facts_.installed_version(facts_.FLASHINFER))
+        release = version.release if version else (0, 0, 0)
+        runs = [kernel_check.run_bf16(case, release) for case in selected]
+        kernel_report.update(
+            ran=True,
+            runs=[
+                {
+                    "case": r.case.name,
+                    "min_cosine": r.min_cosine,
+                    "low_cosine_tokens": r.low_cosine_tokens,
+                    "passed": r.passed,
+                }
+                for r in runs
+            ],
+            failed_runs=sum(not r.passed for r in runs),
+        )
+    result["kernel"] = kernel_report
+    result["verdict"] = verdict(probe_report, kernel_report)
+    return result
+
+
+def verdict(*reports: Mapping[str, Any]) -> str:
+    ran = [r for r in reports if r["ran"]]
+    if not ran:
+        return "nothing could run on this machine"
+    if any(r["failed_runs"] for r in ran):
+        return "MISMATCH: in-kernel Renormalize routing is not trustworthy here"
+    return "pass"
+
+
+def verify_exit(result: Mapping[str, Any]) -> int:
+    """0 pass, 1 mismatch, 2 nothing could run on this machine."""
+    if result["verdict"] == "pass":
+        return 0
+    return 1 if result["verdict"].startswith("MISMATCH") else 2
+
+
+def render_verify(result: Mapping[str, Any]) -> str:
+    out = [
+        f"verdict: {result['verdict']}",
+        f"gpus: {', '.join(result['gpus']) or 'none'}",
+    ]
+    probe_report = result["probe"]
+    if not probe_report["ran"]:
+        out.append(f"top-k probe: not run: {probe_report['not_run']}")
+    else:
+        out.append(
+            f"top-k probe: FlashInfer {probe_report['flashinfer']}: "
+            f"{probe_report['failed_runs']} of {len(probe_report['runs'])} "
+            "runs failed, "
+            f"{probe_report['wrong_tokens']} of {probe_report['tokens']} tokens routed "
+            "to wrong experts"
+        )
+        out.append(
+            f"  {'case':<28} {'keys':<13} {'tokens':>6} {'wrong':>6} {'invalid':>7} "
+            f"{'ties':>5}  result"
+        )
+        for row in probe_report["runs"]:
+            out.append(
+                f"  {row['case']:<28} {row['keys']:<13} {row['tokens']:>6} "
+                f"{row['wrong_experts']:>6} {row['invalid_ids']:>7} "
+                f"{row['near_ties']:>5}  " + ("pass" if row["passed"] else "FAIL")
+            )
+    kernel_report = result["kernel"]
+    if not kernel_report["ran"]:
+        out.append(f"kernel check: not run: {kernel_report['not_run']}")
+    else:
+        out.append(f"kernel check: {kernel_report['failed_runs']} runs failed")
+        for row in kernel_report["runs"]:
+            out.append(
+                f"  {row['case']:<28} min cosine {row['min_cosine']:.4f}  "
+                + ("pass" if row["passed"] else "FAIL")
+            )
+    return "\n".join(out)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -324,6 +497,21 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--no-targets", action="store_true", help="do not import vLLM's targets"
         )
+    check = commands.add_parser(
+        "verify", help="check FlashInfer's in-kernel routing on this machine's GPU"
+    )
+    check.add_argument("--json", action="store_true", help="one JSON object")
+    check.add_argument(
+        "--flashinfer-include",
+        metavar="PATH",
+        help="a FlashInfer source, wheel or include tree instead of the installed one",
+    )
+    check.add_argument(
+        "--flashinfer-version", metavar="VERSION", help="the version of that tree"
+    )
+    check.add_argument(
+        "--quick", action="store_true", help=f"token counts {QUICK_TOKENS} only"
+    )
     return top
 
 
@@ -344,12 +532,22 @@ def _stdout_to_stderr() -> Iterator[None]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "verify":
+        result = verify(args, os.environ)
+        print(json.dumps(result, indent=2) if args.json else render_verify(result))
+        return verify_exit(result)
     with _stdout_to_stderr():
         status = collect(args, os.environ)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         print(render(status))
+    return exit_status(status)
+
+
+def exit_status(status: Mapping[str, Any]) -> int:
+    """0: the plugin will load and act as reported; 1: something stops it from
+    working as intended (see ``problems``). Usage errors exit 2 (argparse)."""
     return 1 if status["problems"] else 0
 
 
