@@ -3,29 +3,32 @@
 #
 #   bash scripts/env.sh NAME
 #
-# NAME is a row of the table below. Environments live outside the clone, in
+# NAME is "plain" (no vLLM) or "vllm-<version>[-fi<version>]": that vLLM release
+# with its own pins, or with flashinfer-python (and flashinfer-cubin, where the
+# release installs it) at the -fi version installed over the pins (--no-deps),
+# e.g. vllm-0.19.1-fi0.6.7.
+#
+# Environments live outside the clone, in
 # ${VLLM_MOE_ROUTING_VENVS:-~/.cache/vllm-moe-routing/venvs}, and uv's cache
 # (~/.cache/uv) makes a rebuild take seconds. An environment is rebuilt when its
-# row changes. The plugin itself is (re)installed from this checkout every time.
+# spec changes. The plugin itself is (re)installed from this checkout every time.
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 name=${1:?usage: scripts/env.sh NAME}
 
-# name | packages | packages installed over vLLM's pins with --no-deps
-spec_for() {
-  case "$1" in
-    plain)               echo "packaging nvidia-ml-py pytest|" ;;
-    vllm-0.19.1-fi0.6.7) echo "vllm==0.19.1 pytest|flashinfer-python==0.6.7 flashinfer-cubin==0.6.7" ;;
-    vllm-0.19.1)         echo "vllm==0.19.1 pytest|" ;;
-    vllm-0.33.0)         echo "vllm==0.33.0 pytest|" ;;
-    *) echo "unknown environment: $1" >&2; return 1 ;;
-  esac
-}
-
-spec=$(spec_for "$name")
-packages=${spec%%|*}
-over_pins=${spec#*|}
+case "$name" in
+  plain) vllm=""; fi_version="" ;;
+  vllm-*-fi*) rest=${name#vllm-}; vllm=${rest%%-fi*}; fi_version=${rest##*-fi} ;;
+  vllm-*) vllm=${name#vllm-}; fi_version="" ;;
+  *) echo "unknown environment: $name" >&2; exit 2 ;;
+esac
+if [ -z "$vllm" ]; then
+  packages="packaging nvidia-ml-py pytest hypothesis"
+else
+  packages="vllm==$vllm pytest hypothesis"
+fi
+spec="$packages|$fi_version"
 
 if ! command -v uv >/dev/null 2>&1; then
   python3 -m pip install --quiet --user uv >&2 || python3 -m pip install --quiet uv >&2
@@ -43,7 +46,11 @@ if [ "$(cat "$venv/.spec" 2>/dev/null)" != "$spec" ]; then
   uv venv --quiet --python "$python" "$venv" >&2
   # shellcheck disable=SC2086
   VIRTUAL_ENV="$venv" uv pip install --quiet $packages >&2
-  if [ -n "$over_pins" ]; then
+  if [ -n "$fi_version" ]; then
+    over_pins="flashinfer-python==$fi_version"
+    if "$venv/bin/python" -c "import importlib.metadata as m; m.version('flashinfer-cubin')" 2>/dev/null; then
+      over_pins="$over_pins flashinfer-cubin==$fi_version"
+    fi
     # shellcheck disable=SC2086
     VIRTUAL_ENV="$venv" uv pip install --quiet --no-deps $over_pins >&2
   fi

@@ -121,6 +121,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """The fault-injection counts quoted in docs/reliability.md."""
     import sys
 
+    support = sys.modules.get("vllm_support")
+    for what in getattr(support, "SIMULATED", []):
+        terminalreporter.write_line(f"simulated in this run: {what}")
     faults = sys.modules.get("test_faults")
     tally = getattr(faults, "TALLY", None)
     if tally and tally["injected"]:

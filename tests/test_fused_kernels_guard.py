@@ -20,7 +20,7 @@ from packaging.version import Version
 
 from conftest import FLASHINFER, versions
 from vllm_moe_routing_plugin import plugin
-from vllm_support import SM100, answer_sm100, key, module, moe_config
+from vllm_support import SM100, answer_sm100, key, module, moe_config, simulated
 
 pytestmark = pytest.mark.vllm(">=0.19")
 
@@ -36,7 +36,7 @@ def sm100(monkeypatch):
         # From about vLLM 0.31 the MXFP4 oracle reads the user's MoE activation
         # override from the current VllmConfig, which cannot be built without a
         # device: hand it only what it reads (no override).
-        print("simulated: current VllmConfig without a quantization override")
+        simulated("current VllmConfig without a quantization override (MXFP4 oracle)")
         config = SimpleNamespace(model_config=SimpleNamespace(quantization_config=None))
         monkeypatch.setattr(oracle, "get_current_vllm_config", lambda: config)
     answer_sm100(

@@ -10,8 +10,9 @@ not taken from running the plugin.
 import logging
 
 import pytest
+from packaging.version import Version
 
-from conftest import versions
+from conftest import FLASHINFER, versions
 from vllm_moe_routing_plugin import plugin, register
 from vllm_support import (
     BOTH,
@@ -28,6 +29,7 @@ from vllm_support import (
 )
 
 pytestmark = pytest.mark.vllm("==0.19.1")
+fixed_flashinfer = pytest.mark.flashinfer(">=0.6.7")
 
 BUGGY = versions(flashinfer_python="0.6.6", flashinfer_cubin="0.6.6")
 
@@ -42,6 +44,7 @@ def functions():
     return module(TRTLLM_FUNCTIONS)
 
 
+@fixed_flashinfer
 def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
     raw = vars(fp8)["_supports_routing_method"]
     assert accepted(fp8._supports_routing_method, FP8_BLOCK) == {
@@ -62,6 +65,7 @@ def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
     assert vars(fp8)["_supports_routing_method"] is raw
 
 
+@fixed_flashinfer
 def test_enable_leaves_the_bf16_function_native(functions):
     original = functions._supports_routing_method_bf16
     activation = plugin.activate(SM100)
@@ -70,13 +74,16 @@ def test_enable_leaves_the_bf16_function_native(functions):
     assert functions._supports_routing_method_bf16 is original
 
 
-def test_guard_removes_both_methods_from_the_bf16_function(functions, fp8):
+@pytest.mark.parametrize("injected", [True, False], ids=["0.6.6 injected", "installed"])
+def test_guard_removes_both_methods_from_the_bf16_function(injected, functions, fp8):
+    if not injected and Version(FLASHINFER).release >= (0, 6, 7):
+        pytest.skip("installed FlashInfer is fixed; the injected case covers it")
     raw_fp8 = vars(fp8)["_supports_routing_method"]
     original = functions._supports_routing_method_bf16
-    activation = plugin.activate(SM100, version_of=BUGGY)
+    activation = plugin.activate(SM100, version_of=BUGGY if injected else versions())
     assert activation.decision.action == "guard"
     check = functions._supports_routing_method_bf16
-    assert accepted(check, call="bf16-function") == {"Default", "DeepSeekV3", "Llama4"}
+    assert accepted(check, call="function") == {"Default", "DeepSeekV3", "Llama4"}
     # vLLM 0.19.1 already refuses both for FP8 monolithic: nothing to do there.
     states = {o.target.name: o.state for o in activation.outcomes.values()}
     assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
@@ -120,8 +127,11 @@ def test_no_gpu_from_nvml_is_not_applicable(fp8):
     }
 
 
+@fixed_flashinfer
 def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, records):
     monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
+    for name in ("trtllm_nvfp4_moe", "trtllm_mxfp4_moe"):  # every target imported
+        module(f"vllm.model_executor.layers.fused_moe.experts.{name}")
     raw = vars(fp8)["_supports_routing_method"]
     register()
     first = vars(fp8)["_supports_routing_method"]
@@ -132,7 +142,8 @@ def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, recor
     assert records.lines() == [
         "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100) - "
         "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, "
-        "flashinfer_trtllm_moe._supports_routing_method_bf16 native"
+        "flashinfer_trtllm_moe._supports_routing_method_bf16 native, "
+        "TrtLlmNvFp4ExpertsMonolithic native, TrtLlmMxfp4ExpertsMonolithic native"
     ]
     assert records.lines(logging.WARNING) == []
 
@@ -165,6 +176,7 @@ print("accepts Renormalize:", M._supports_routing_method(R.Renormalize, *BLOCK))
 """
 
 
+@fixed_flashinfer
 def test_vllm_loader_finds_the_plugin_and_patches_lazily():
     result = run_python(LAZY, SM100)
     assert result.returncode == 0, result.stderr
@@ -210,7 +222,11 @@ def test_log_line_in_a_real_vllm_serve():
     lines = [line for line in output.splitlines() if "moe_routing 0.1.0:" in line]
     assert len(lines) == 1, output[-3000:]
     assert lines[0].startswith("INFO ")
-    assert (
-        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100)"
-        in lines[0]
-    )
+    if Version(FLASHINFER).release >= (0, 6, 7):
+        expected = f"enable (flashinfer-python {FLASHINFER} >= 0.6.7; GPU 0 sm_100)"
+    else:
+        expected = (
+            f"guard (flashinfer-python {FLASHINFER} < 0.6.7 (flashinfer#2822); "
+            "GPU 0 sm_100)"
+        )
+    assert f"moe_routing 0.1.0: {expected}" in lines[0]

@@ -63,6 +63,17 @@ def accepted(check, scheme=(None, None), call="method") -> set[str]:
     return names
 
 
+#: Edges this run answered instead of the real machine; conftest prints them
+#: at the end of the run.
+SIMULATED: list[str] = []
+
+
+def simulated(what: str) -> None:
+    print(f"simulated: {what}")
+    if what not in SIMULATED:
+        SIMULATED.append(what)
+
+
 def answer_sm100(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
     """Import ``modules``, then answer vLLM's platform as CUDA SM100 and
     FlashInfer's kernels as present (the ``has_flashinfer*`` checks those
@@ -72,7 +83,8 @@ def answer_sm100(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
 
     # Import first: some of vLLM's modules probe CUDA features at import time.
     imported = [module(name) for name in modules]
-    print("simulated: CUDA platform with compute capability 10.0; FlashInfer present")
+    simulated("CUDA platform of compute capability 10.0 (vLLM's current_platform)")
+    simulated("FlashInfer's kernels present (vLLM's has_flashinfer* checks)")
     answers = {
         "is_cuda": lambda: True,
         "get_device_capability": lambda device_id=0: DeviceCapability(10, 0),

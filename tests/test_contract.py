@@ -1,0 +1,201 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The contract with each vLLM release, checked against the installed one.
+
+``RELEASES`` is written from the vLLM wheels' source (README "What it changes,
+per vLLM release"; the evidence is in the project's research notes), not from
+running the plugin: which targets a release has, and whether each one's
+routing check accepts Renormalize/RenormalizeNaive before the plugin. From it
+follow the states the plugin must report, and what the checks must answer
+after it, for ``enable`` (FlashInfer >= 0.6.7) and ``guard`` (< 0.6.7; injected
+where the installed FlashInfer is fixed), plus the decision the installed
+FlashInfer must produce. ``scripts/matrix.py`` runs this file in one
+environment per release and FlashInfer variant and writes
+``docs/compatibility.md`` from the JSON each run leaves behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from packaging.version import Version
+
+from conftest import FLASHINFER, VLLM, versions
+from vllm_moe_routing_plugin import plugin, targets
+from vllm_support import BOTH, SM100, methods
+
+FP8 = "TrtLlmFp8ExpertsMonolithic"
+FP8_017 = "TrtLlmFp8Experts"
+BF16 = "TrtLlmBf16ExpertsMonolithic"
+BF16_020 = "TrtLlmBf16Experts"
+BF16_FN = "flashinfer_trtllm_moe._supports_routing_method_bf16"
+FP8_FN = "flashinfer_trtllm_moe._supports_routing_method"
+NVFP4 = "TrtLlmNvFp4ExpertsMonolithic"
+NVFP4_FN = "flashinfer_fp4_moe._supports_routing_method"
+MXFP4 = "TrtLlmMxfp4ExpertsMonolithic"
+MXINT4 = "TrtLlmMxint4ExpertsMonolithic"
+
+# release -> {target present in it: accepts Renormalize/RenormalizeNaive natively}
+_020 = {FP8: True, BF16_020: True, NVFP4: True, MXFP4: True}
+_023 = {**_020, MXINT4: True}
+_026 = {FP8: True, BF16: True, NVFP4: True, MXFP4: True, MXINT4: True}
+RELEASES: dict[str, dict[str, bool]] = {
+    "0.16.0": {FP8_FN: True, BF16_FN: True, NVFP4_FN: True},
+    "0.17.1": {FP8_017: True, BF16_FN: True, NVFP4: True},
+    # vLLM PR #37605 removed both methods from the FP8 monolithic class.
+    "0.18.1": {FP8: False, BF16_FN: True, NVFP4: True},
+    "0.19.1": {FP8: False, BF16_FN: True, NVFP4: True, MXFP4: True},
+    # vLLM PR #38859 restored them.
+    "0.20.2": _020,
+    "0.22.1": _020,
+    "0.25.1": _023,
+    "0.26.0": _026,
+    "0.30.0": _026,
+    "0.33.0": _026,
+}
+FUNCTIONS = {BF16_FN, FP8_FN, NVFP4_FN}
+RAISES_FOR_UNKNOWN_SCHEME = {FP8, FP8_017, FP8_FN}
+
+CONTRACT = RELEASES.get(VLLM or "")
+pytestmark = pytest.mark.skipif(
+    CONTRACT is None, reason=f"no contract written for vLLM {VLLM}"
+)
+
+
+def expected_state(name: str, action: str) -> str:
+    accepts = CONTRACT[name]
+    if action == "enable":
+        return "native" if accepts else "patched"
+    return "patched" if accepts else "native"
+
+
+def installed_action() -> str:
+    fixed = FLASHINFER is not None and Version(FLASHINFER).release >= (0, 6, 7)
+    return "enable" if fixed else "guard"
+
+
+def import_targets() -> dict[str, targets.Target]:
+    """Import every target module of this vLLM (as vLLM would), so the plugin
+    patches at once."""
+    found = {}
+    for target in targets.TARGETS:
+        module = plugin.vllm_module_file(target.module)
+        if module is None:
+            continue
+        __import__(target.module)
+        found[target.name] = target
+    return found
+
+
+def routing_table(probe: targets.Probe) -> dict[str, dict[str, bool]]:
+    return {
+        scheme: {m: m in names for m in (x.name for x in methods())}
+        for scheme, names in probe.accepted().items()
+    }
+
+
+def record(outcome: dict) -> None:
+    path = os.environ.get("MOE_ROUTING_MATRIX_JSON")
+    if not path:
+        return
+    existing = {}
+    if os.path.exists(path):
+        with open(path) as handle:
+            existing = json.load(handle)
+    existing.update(outcome)
+    with open(path, "w") as handle:
+        json.dump(existing, handle, indent=2, sort_keys=True)
+
+
+@pytest.mark.parametrize("action", ["enable", "guard"])
+def test_targets_states_and_answers(action):
+    import sys
+
+    import vllm  # noqa: F401
+
+    present = import_targets()
+    probes = {}
+    for name, target in present.items():
+        probe = targets.probe(target, sys.modules[target.module])
+        if probe is not None:
+            probes[name] = probe
+    assert set(probes) == set(CONTRACT), "targets present in this vLLM"
+    originals = {name: routing_table(p) for name, p in probes.items()}
+    for name, table in originals.items():
+        for scheme, answers in table.items():
+            accepts = answers["Renormalize"] and answers["RenormalizeNaive"]
+            assert accepts is CONTRACT[name], (name, scheme)
+
+    injected = "0.7.4" if action == "enable" else "0.6.6"
+    activation = plugin.activate(SM100, version_of=versions(flashinfer_python=injected))
+    assert activation.decision.action == action
+    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    for name in CONTRACT:
+        assert states[name] == expected_state(name, action), name
+    record(
+        {f"{action}:{name}": states[name] for name in CONTRACT}
+        | {f"{action}:line": activation.line()}
+    )
+    assert f"moe_routing 0.1.0: {action} (" in activation.line()
+
+    for name, probe in probes.items():
+        check = getattr(probe.owner, probe.target.check)
+        after = routing_table(
+            targets.Probe(
+                probe.target,
+                probe.module,
+                probe.owner,
+                check,
+                probe.methods,
+                probe.schemes,
+            )
+        )
+        assert set(after) == set(originals[name]), name  # same quant schemes
+        for scheme, answers in after.items():
+            before = originals[name][scheme]
+            for method, accepted in answers.items():
+                if method in BOTH:
+                    continue
+                assert accepted == before[method], (name, scheme, method)
+            renormalize = {answers[m] for m in BOTH}
+            if action == "enable":
+                assert renormalize == {True}, (name, scheme)
+            elif name in FUNCTIONS:
+                assert renormalize == {False}, (name, scheme)
+            else:
+                # Classes keep their routing check; is_supported_config guards.
+                assert renormalize == {CONTRACT[name]}, (name, scheme)
+                guarded = targets.is_ours(vars(probe.owner).get("is_supported_config"))
+                assert guarded is CONTRACT[name], name
+        if name in RAISES_FOR_UNKNOWN_SCHEME:
+            call = targets._caller(probe.target, check)
+            with pytest.raises(ValueError, match="Unsupported quantization scheme"):
+                call(methods().Renormalize, None, None)
+
+    plugin.deactivate()
+    for name, probe in probes.items():
+        check = getattr(probe.owner, probe.target.check)
+        restored = targets.Probe(
+            probe.target, probe.module, probe.owner, check, probe.methods, probe.schemes
+        )
+        assert routing_table(restored) == originals[name], name
+        assert not targets.is_ours(vars(probe.owner).get("is_supported_config"))
+
+
+def test_installed_flashinfer_decides():
+    import_targets()
+    activation = plugin.activate(SM100)
+    action = installed_action()
+    assert activation.decision.action == action
+    line = activation.line()
+    assert f"moe_routing 0.1.0: {action} (flashinfer-python {FLASHINFER} " in line
+    record(
+        {
+            "vllm": VLLM,
+            "flashinfer": FLASHINFER,
+            "action": action,
+            "line": line,
+        }
+        | {f"installed:{o.target.name}": o.state for o in activation.outcomes.values()}
+    )
