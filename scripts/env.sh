@@ -57,5 +57,6 @@ if [ "$(cat "$venv/.spec" 2>/dev/null)" != "$spec" ]; then
   echo "$spec" >"$venv/.spec"
 fi
 
-VIRTUAL_ENV="$venv" uv pip install --quiet --no-deps --reinstall-package vllm-moe-routing-plugin "$root" >&2
+VIRTUAL_ENV="$venv" uv pip install --quiet --no-deps --compile-bytecode \
+  --reinstall-package vllm-moe-routing-plugin "$root" >&2
 echo "$venv"

@@ -8,7 +8,9 @@ this package imports nothing from vLLM, FlashInfer, torch or NVML.
 
 from __future__ import annotations
 
-__all__ = ["register"]
+__all__ = ["__version__", "register"]
+
+__version__ = "0.1.0"
 
 
 def register() -> None:

@@ -25,6 +25,7 @@ from packaging.version import Version
 from . import facts as facts_
 from . import policy, report, settings, targets
 from .plugin import imports_flashinfer, plugin_version, vllm_has_module
+from .report import describe_error
 
 ENTRY_POINT_GROUP = "vllm.general_plugins"
 
@@ -93,7 +94,7 @@ def _targets(decision: policy.Decision) -> tuple[list[dict[str, Any]], str | Non
     try:
         import vllm  # noqa: F401
     except Exception as exc:
-        return [], f"vLLM is not importable here ({targets._describe(exc)})"
+        return [], f"vLLM is not importable here ({describe_error(exc)})"
     rows: list[dict[str, Any]] = []
     for target in targets.TARGETS:
         row: dict[str, Any] = {
@@ -117,9 +118,7 @@ def _targets(decision: policy.Decision) -> tuple[list[dict[str, Any]], str | Non
         try:
             module = importlib.import_module(target.module)
         except Exception as exc:
-            row.update(
-                state="failed", detail=f"import failed: {targets._describe(exc)}"
-            )
+            row.update(state="failed", detail=f"import failed: {describe_error(exc)}")
             continue
         outcome = targets.apply(target, module, decision)
         try:

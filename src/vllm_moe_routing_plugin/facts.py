@@ -17,9 +17,9 @@ import contextlib
 import importlib.metadata
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
+from .report import describe_error
 from .settings import DEVICE_CAPABILITY, Capability
 
 VLLM = "vllm"
@@ -35,6 +35,9 @@ DISTRIBUTIONS: tuple[str, ...] = (
     FLASHINFER_JIT_CACHE,
 )
 
+#: The distributions the decision reads (the others are for the status report).
+DECIDING: tuple[str, ...] = (FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE)
+
 VersionOf = Callable[[str], "str | None"]
 
 
@@ -46,8 +49,7 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-@dataclass(frozen=True)
-class Gpu:
+class Gpu(NamedTuple):
     """One GPU as this process numbers it (after ``CUDA_VISIBLE_DEVICES``)."""
 
     index: int
@@ -56,22 +58,20 @@ class Gpu:
     source: str  # "nvml", the override variable's name, or "assumed"
 
 
-@dataclass(frozen=True)
-class GpuReading:
+class GpuReading(NamedTuple):
     gpus: tuple[Gpu, ...]
     error: str | None = None  # why no GPU could be read, when none was
     failed: bool = False  # NVML answered init but failed a query: worth a WARNING
 
 
-@dataclass(frozen=True)
-class Facts:
+class Facts(NamedTuple):
     """Everything the decision looks at."""
 
     versions: Mapping[str, str | None]
     gpus: tuple[Gpu, ...]
     gpu_error: str | None = None
     gpu_query_failed: bool = False
-    assumed: tuple[str, ...] = field(default=())  # facts given by what-if flags
+    assumed: tuple[str, ...] = ()  # facts given by what-if flags
 
     def version(self, distribution: str) -> str | None:
         return self.versions.get(distribution)
@@ -140,7 +140,7 @@ def read_gpus_nvml(environ: Mapping[str, str], nvml: Any = None) -> GpuReading:
     try:
         nvml.nvmlInit()
     except Exception as exc:
-        return GpuReading((), f"NVML unavailable ({_describe(exc)})")
+        return GpuReading((), f"NVML unavailable ({describe_error(exc)})")
     try:
         count = int(nvml.nvmlDeviceGetCount())
         handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(count)]
@@ -155,7 +155,7 @@ def read_gpus_nvml(environ: Mapping[str, str], nvml: Any = None) -> GpuReading:
             for ordinal, handle in enumerate(chosen)
         )
     except Exception as exc:
-        return GpuReading((), f"NVML query failed ({_describe(exc)})", failed=True)
+        return GpuReading((), f"NVML query failed ({describe_error(exc)})", failed=True)
     finally:
         with contextlib.suppress(Exception):  # shutting down is best effort
             nvml.nvmlShutdown()
@@ -202,11 +202,6 @@ def _uuid_matches(entry: str, uuid: str) -> bool:
     return bool(want) and have.startswith(want)
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
 def gpus_from_capabilities(
     capabilities: Sequence[Capability], source: str
 ) -> tuple[Gpu, ...]:
@@ -223,12 +218,22 @@ def gather(
     capability_source: str = DEVICE_CAPABILITY,
     version_of: VersionOf = installed_version,
     nvml: Any = None,
+    distributions: Sequence[str] = DISTRIBUTIONS,
 ) -> Facts:
-    """Read versions and GPUs. ``capabilities`` (from the override variable or a
-    what-if flag) replaces the NVML query."""
-    env = os.environ if environ is None else environ
-    versions = read_versions(version_of=version_of)
-    if capabilities is not None:
-        return Facts(versions, gpus_from_capabilities(capabilities, capability_source))
-    reading = read_gpus_nvml(env, nvml)
+    """Read versions and GPUs."""
+    reading = read_gpus(environ, capabilities, capability_source, nvml)
+    versions = read_versions(distributions, version_of)
     return Facts(versions, reading.gpus, reading.error, reading.failed)
+
+
+def read_gpus(
+    environ: Mapping[str, str] | None = None,
+    capabilities: Sequence[Capability] | None = None,
+    capability_source: str = DEVICE_CAPABILITY,
+    nvml: Any = None,
+) -> GpuReading:
+    """The GPUs: ``capabilities`` (from the override variable or a what-if flag)
+    replaces the NVML query."""
+    if capabilities is not None:
+        return GpuReading(gpus_from_capabilities(capabilities, capability_source))
+    return read_gpus_nvml(os.environ if environ is None else environ, nvml)

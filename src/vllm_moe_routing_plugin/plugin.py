@@ -6,6 +6,10 @@ core, workers, Ray workers, the model-inspection subprocess) and does not
 catch what a plugin function raises (``vllm/plugins/__init__.py``), so every
 step here is guarded: a failure becomes one WARNING naming the step, and vLLM
 is left as it was.
+
+It is also cheap (budgets in README "Performance"): the modules that patch
+(``targets``, ``hook``) are imported only when the decision may change vLLM,
+and the records are NamedTuples, which Python builds faster than dataclasses.
 """
 
 from __future__ import annotations
@@ -16,13 +20,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from . import __version__, policy, report, settings
 from . import facts as facts_
-from . import policy, report, settings, targets
-from .hook import ImportHook
+from .report import describe_error
+
+if TYPE_CHECKING:
+    from . import targets
+    from .hook import ImportHook
 
 #: Under vLLM's ``vllm`` logger, whose handler is the one ``vllm serve`` prints
 #: through (it does not propagate; a logger outside ``vllm.`` is not shown).
@@ -33,7 +40,7 @@ class StepFailed(Exception):
     """A step of the activation raised; carries the step's name."""
 
     def __init__(self, step: str, error: BaseException) -> None:
-        super().__init__(f"{step} failed ({targets._describe(error)})")
+        super().__init__(f"{step} failed ({describe_error(error)})")
         self.step = step
         self.error = error
 
@@ -46,18 +53,24 @@ def step(name: str) -> Iterator[None]:
         raise StepFailed(name, exc) from exc
 
 
-@dataclass
 class Activation:
     """What the plugin decided and did in this process."""
 
-    version: str
-    settings: settings.Settings
-    facts: facts_.Facts
-    decision: policy.Decision
-    outcomes: dict[targets.Target, targets.Outcome] = field(default_factory=dict)
-    pending: set[str] = field(default_factory=set)
-    hook: ImportHook | None = None
-    line_logged: bool = False
+    def __init__(
+        self,
+        version: str,
+        config: settings.Settings,
+        facts: facts_.Facts,
+        decision: policy.Decision,
+    ) -> None:
+        self.version = version
+        self.settings = config
+        self.facts = facts
+        self.decision = decision
+        self.outcomes: dict[targets.Target, targets.Outcome] = {}
+        self.pending: set[str] = set()
+        self.hook: ImportHook | None = None
+        self.line_logged = False
 
     def on_import(self, module: ModuleType) -> None:
         """Apply the decision to the targets of a module vLLM just imported.
@@ -70,6 +83,8 @@ class Activation:
             warn(f"patching {module.__name__} on import", exc)
 
     def apply_module(self, module: ModuleType) -> list[targets.Outcome]:
+        from . import targets
+
         self.pending.discard(module.__name__)
         found = []
         for target in targets.TARGETS:
@@ -122,15 +137,12 @@ def warn(what: str, error: BaseException) -> None:
             report.PLUGIN,
             plugin_version(),
             what,
-            targets._describe(error),
+            describe_error(error),
         )
 
 
 def plugin_version() -> str:
-    try:
-        return facts_.installed_version("vllm-moe-routing-plugin") or "unknown"
-    except Exception:
-        return "unknown"
+    return __version__
 
 
 def vllm_module_file(name: str) -> str | None:
@@ -200,14 +212,19 @@ def activate(
                 "%s: registering the plugin's variables with vLLM failed (%s); "
                 "continuing",
                 report.PLUGIN,
-                targets._describe(exc),
+                describe_error(exc),
             )
-    with step("reading package versions and GPUs"):
-        found = facts_.gather(
-            environ, capabilities=config.capabilities, version_of=version_of, nvml=nvml
-        )
-    if found.gpu_query_failed:
-        logger.warning("%s: %s", report.PLUGIN, found.gpu_error)
+    found = facts_.Facts({}, ())
+    if not config.disabled:  # disabled: the plugin reads nothing
+        with step("reading GPUs"):
+            gpus = facts_.read_gpus(environ, config.capabilities, nvml=nvml)
+        if gpus.failed:
+            logger.warning("%s: %s", report.PLUGIN, gpus.error)
+        versions: dict[str, str | None] = {}
+        if policy.runs_fused_kernels(gpus.gpus):  # otherwise versions decide nothing
+            with step("reading package versions"):
+                versions = facts_.read_versions(facts_.DECIDING, version_of)
+        found = facts_.Facts(versions, gpus.gpus, gpus.error, gpus.failed)
     with step("deciding"):
         decision = policy.decide(found, config)
     activation = Activation(plugin_version(), config, found, decision)
@@ -229,6 +246,9 @@ def activate(
 
 
 def _watch(activation: Activation, *, patch: bool = True) -> None:
+    from . import targets
+    from .hook import ImportHook
+
     modules = targets.target_modules()
     if patch:
         activation.pending = {m for m in modules if vllm_has_module(m)}

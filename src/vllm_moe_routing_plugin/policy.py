@@ -8,8 +8,7 @@ known-bad range is one more row.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from packaging.version import InvalidVersion, Version
 
@@ -33,8 +32,7 @@ SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
 METHODS: tuple[str, ...] = ("Renormalize", "RenormalizeNaive")
 
 
-@dataclass(frozen=True)
-class KnownBug:
+class KnownBug(NamedTuple):
     """A FlashInfer release range whose in-kernel routing is wrong for some shapes."""
 
     reference: str
@@ -84,8 +82,7 @@ FLASHINFER_2822 = KnownBug(
 KNOWN_BUGS: tuple[KnownBug, ...] = (FLASHINFER_2822,)
 
 
-@dataclass(frozen=True)
-class Guard:
+class Guard(NamedTuple):
     """Which MoE layers the fused kernels must not route, and why.
 
     ``bugs`` empty means every shape (the forced ``disable``).
@@ -128,8 +125,7 @@ class Guard:
         return "; ".join(bug.shape for bug in self.bugs)
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     action: Action
     reason: str
     guard: Guard | None = None
@@ -223,6 +219,11 @@ def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:
     return python, f"{FLASHINFER} {python_text}"
 
 
+def runs_fused_kernels(gpus: tuple[Gpu, ...]) -> bool:
+    """Whether every visible GPU is one the TRT-LLM MoE kernels run on."""
+    return bool(gpus) and all(g.capability in SUPPORTED_CAPABILITIES for g in gpus)
+
+
 def decide(facts: Facts, settings: Settings) -> Decision:
     """The decision table of the README, top row first."""
     notes = companion_notes(facts)
@@ -235,8 +236,7 @@ def decide(facts: Facts, settings: Settings) -> Decision:
             notes=notes,
         )
     gpus = describe_gpus(facts.gpus)
-    outside = [g for g in facts.gpus if g.capability not in SUPPORTED_CAPABILITIES]
-    if outside:
+    if not runs_fused_kernels(facts.gpus):
         return Decision(
             "not-applicable",
             f"{gpus}; the TRT-LLM MoE kernels run only on sm_100/sm_103",

@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 DISABLE = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
 RENORMALIZE = "VLLM_MOE_ROUTING_RENORMALIZE"
@@ -71,8 +70,7 @@ def parse_capabilities(raw: str) -> tuple[Capability, ...]:
     return tuple(capabilities)
 
 
-@dataclass(frozen=True)
-class Variable:
+class Variable(NamedTuple):
     """One environment variable of the plugin, as documented in the README."""
 
     name: str
@@ -107,8 +105,7 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
-@dataclass(frozen=True)
-class Reading:
+class Reading(NamedTuple):
     """What one variable holds: raw text, the value used, and any problem."""
 
     name: str
@@ -121,8 +118,7 @@ class Reading:
         return self.problem is None
 
 
-@dataclass(frozen=True)
-class Settings:
+class Settings(NamedTuple):
     """The plugin's settings for this process."""
 
     disabled: bool = False

@@ -40,6 +40,7 @@ from types import ModuleType
 from typing import Any, Literal
 
 from .policy import METHODS, Decision, Guard
+from .report import describe_error
 
 FUSED_MOE = "vllm.model_executor.layers.fused_moe"
 QUANT_UTILS = "vllm.model_executor.layers.quantization.utils.quant_utils"
@@ -453,14 +454,18 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
     except Unrecognised as exc:
         return Outcome(target, "unrecognised", f"left alone: {exc}")
     except Exception as exc:
-        return Outcome(target, "failed", f"left alone: probing raised {_describe(exc)}")
+        return Outcome(
+            target, "failed", f"left alone: probing raised {describe_error(exc)}"
+        )
     if found is None:
         return Outcome(target, "absent")
     try:
         before = found.accepted()
     except Exception as exc:
         return Outcome(
-            target, "unrecognised", f"left alone: its check raised {_describe(exc)}"
+            target,
+            "unrecognised",
+            f"left alone: its check raised {describe_error(exc)}",
         )
     if not decision.acts:
         return Outcome(target, "untouched", before=before)
@@ -478,7 +483,7 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
     except Unrecognised as exc:
         return Outcome(target, "unrecognised", f"left alone: {exc}", before)
     except Exception as exc:
-        return Outcome(target, "failed", f"left alone: {_describe(exc)}", before)
+        return Outcome(target, "failed", f"left alone: {describe_error(exc)}", before)
 
 
 def _enable(
@@ -547,7 +552,7 @@ def _verified(outcome: Outcome, found: Probe) -> Outcome:
         table = after.accepted()
     except Exception as exc:
         outcome.patch.undo()
-        raise Unrecognised(f"patched check raised {_describe(exc)}") from exc
+        raise Unrecognised(f"patched check raised {describe_error(exc)}") from exc
     if set(table) != set(outcome.before):
         outcome.patch.undo()
         raise Unrecognised("patched check changed the supported quant schemes")
@@ -561,8 +566,3 @@ def accepted_after(outcome: Outcome) -> dict[str, tuple[str, ...]] | None:
         return None
     found = probe(outcome.target, module)
     return found.accepted() if found is not None else None
-
-
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
