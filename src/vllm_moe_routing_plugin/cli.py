@@ -302,7 +302,7 @@ def render(status: Mapping[str, Any]) -> str:
     absent = [r["name"] for r in status["targets"] if r["state"] == "absent"]
     width = max((len(r["name"]) for r in present), default=0)
     for row in present:
-        add(f"  {row['name']:<{width}}  {row['state']:<9} {row['detail']}".rstrip())
+        add(f"  {row['name']:<{width}}  {row['state']:<10} {row['detail']}".rstrip())
         pairs = zip(_methods(row["before"]), _methods(row["after"]), strict=True)
         for before, after in pairs:
             add(f"  {'':<{width}}    before {before}")
