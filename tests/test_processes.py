@@ -101,7 +101,15 @@ def test_forked_child_keeps_the_patch_and_does_not_patch_again():
 
 
 @pytest.mark.vllm(">=0.16")
-def test_plugin_variables_reach_ray_workers(monkeypatch):
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "9.0"},
+        # Disabled in the driver: the switch itself must reach the workers.
+        {"VLLM_MOE_ROUTING_PLUGIN_DISABLE": "1"},
+    ],
+)
+def test_plugin_variables_reach_ray_workers(environ, monkeypatch):
     try:
         from vllm.ray.ray_env import get_env_vars_to_copy
     except ImportError:
@@ -109,7 +117,7 @@ def test_plugin_variables_reach_ray_workers(monkeypatch):
     # Not set in the environment: only the registration can bring them.
     for name in ("VLLM_MOE_ROUTING_PLUGIN_DISABLE", "VLLM_MOE_ROUTING_RENORMALIZE"):
         monkeypatch.delenv(name, raising=False)
-    plugin.activate({"VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "9.0"})
+    plugin.activate(environ)
     copied = get_env_vars_to_copy()
     for name in (
         "VLLM_MOE_ROUTING_PLUGIN_DISABLE",

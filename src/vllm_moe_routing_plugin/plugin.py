@@ -202,20 +202,19 @@ def activate(
         config = settings.read(environ)
     for problem in config.problems:
         logger.warning("%s: %s", report.PLUGIN, problem)
-    if not config.disabled:
-        # Best effort: vLLM's table is internal. Without it vLLM only warns
-        # about unknown variables, so the plugin reports the failure and goes on.
-        try:
-            register_env()
-        except Exception as exc:
-            logger.warning(
-                "%s: registering the plugin's variables with vLLM failed (%s); "
-                "continuing",
-                report.PLUGIN,
-                describe_error(exc),
-            )
+    # Registered even when disabled, so that vLLM copies the switch to Ray
+    # workers. Best effort: vLLM's table is internal; without it vLLM only warns
+    # about unknown variables, so the plugin reports the failure and goes on.
+    try:
+        register_env()
+    except Exception as exc:
+        logger.warning(
+            "%s: registering the plugin's variables with vLLM failed (%s); continuing",
+            report.PLUGIN,
+            describe_error(exc),
+        )
     found = facts_.Facts({}, ())
-    if not config.disabled:  # disabled: the plugin reads nothing
+    if not config.disabled:  # disabled: the plugin reads and changes nothing
         with step("reading GPUs"):
             gpus = facts_.read_gpus(environ, config.capabilities, nvml=nvml)
         if gpus.failed:
