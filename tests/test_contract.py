@@ -140,17 +140,8 @@ def test_targets_states_and_answers(action):
     assert f"moe_routing 0.1.0: {action} (" in activation.line()
 
     for name, probe in probes.items():
-        check = getattr(probe.owner, probe.target.check)
-        after = routing_table(
-            targets.Probe(
-                probe.target,
-                probe.module,
-                probe.owner,
-                check,
-                probe.methods,
-                probe.schemes,
-            )
-        )
+        now = probe.reread()
+        after = routing_table(now)
         assert set(after) == set(originals[name]), name  # same quant schemes
         for scheme, answers in after.items():
             before = originals[name][scheme]
@@ -169,17 +160,13 @@ def test_targets_states_and_answers(action):
                 guarded = targets.is_ours(vars(probe.owner).get("is_supported_config"))
                 assert guarded is CONTRACT[name], name
         if name in RAISES_FOR_UNKNOWN_SCHEME:
-            call = targets._caller(probe.target, check)
+            call = targets._caller(probe.target, now.check)
             with pytest.raises(ValueError, match="Unsupported quantization scheme"):
                 call(methods().Renormalize, None, None)
 
     plugin.deactivate()
     for name, probe in probes.items():
-        check = getattr(probe.owner, probe.target.check)
-        restored = targets.Probe(
-            probe.target, probe.module, probe.owner, check, probe.methods, probe.schemes
-        )
-        assert routing_table(restored) == originals[name], name
+        assert routing_table(probe.reread()) == originals[name], name
         assert not targets.is_ours(vars(probe.owner).get("is_supported_config"))
 
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any, Literal
 
@@ -298,6 +298,10 @@ class Probe:
     methods: Any  # vLLM's RoutingMethodType
     schemes: dict[str, tuple[Any, Any]]  # label -> (weight_key, activation_key)
 
+    def reread(self) -> Probe:
+        """The same target with the routing check its owner holds now."""
+        return replace(self, check=getattr(self.owner, self.target.check))
+
     def accepted(self) -> dict[str, tuple[str, ...]]:
         """Per quant scheme the check supports, the routing methods it accepts."""
         call = _caller(self.target, self.check)
@@ -543,13 +547,8 @@ def _verified(outcome: Outcome, found: Probe) -> Outcome:
     """Re-read the patched routing check; undo if it does not answer as planned
     (an unexpected check must never be left half-changed)."""
     assert outcome.patch is not None
-    owner = found.owner
-    check = getattr(owner, found.target.check)
-    after = Probe(
-        found.target, found.module, owner, check, found.methods, found.schemes
-    )
     try:
-        table = after.accepted()
+        table = found.reread().accepted()
     except Exception as exc:
         outcome.patch.undo()
         raise Unrecognised(f"patched check raised {describe_error(exc)}") from exc
