@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def run(name: str) -> dict:
                 str(ROOT / "tests" / "test_contract.py"),
             ],
             cwd=ROOT,
-            env={**_environ(), "MOE_ROUTING_MATRIX_JSON": str(report)},
+            env={**os.environ, "MOE_ROUTING_MATRIX_JSON": str(report)},
             capture_output=True,
             text=True,
             check=False,
@@ -98,12 +99,6 @@ def run(name: str) -> dict:
         "seconds": round(time.monotonic() - started),
         **data,
     }
-
-
-def _environ() -> dict[str, str]:
-    import os
-
-    return dict(os.environ)
 
 
 def render(rows: list[dict], command: str) -> str:

@@ -23,7 +23,7 @@ from packaging.version import Version
 
 from conftest import FLASHINFER, VLLM, versions
 from vllm_moe_routing_plugin import plugin, targets
-from vllm_support import BOTH, SM100, methods
+from vllm_support import BOTH, SM100, import_target_modules, methods
 
 FP8 = "TrtLlmFp8ExpertsMonolithic"
 FP8_017 = "TrtLlmFp8Experts"
@@ -77,15 +77,9 @@ def installed_action() -> str:
 
 def import_targets() -> dict[str, targets.Target]:
     """Import every target module of this vLLM (as vLLM would), so the plugin
-    patches at once."""
-    found = {}
-    for target in targets.TARGETS:
-        module = plugin.vllm_module_file(target.module)
-        if module is None:
-            continue
-        __import__(target.module)
-        found[target.name] = target
-    return found
+    patches at once; the targets whose module exists, by name."""
+    modules = import_target_modules()
+    return {t.name: t for t in targets.TARGETS if t.module in modules}
 
 
 def routing_table(probe: targets.Probe) -> dict[str, dict[str, bool]]:

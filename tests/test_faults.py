@@ -21,7 +21,7 @@ import sys
 import pytest
 
 from vllm_moe_routing_plugin import facts, hook, plugin, targets
-from vllm_support import SM100
+from vllm_support import SM100, import_target_modules
 
 pytestmark = pytest.mark.vllm(">=0.16")
 
@@ -40,14 +40,12 @@ def raise_fault(*args, **kwargs):
 def imported_targets():
     """Import every target module this vLLM has, as vLLM does when it builds a
     MoE layer, and return the targets present with their original answers."""
-    import vllm  # noqa: F401
-
+    modules = import_target_modules()
     found = {}
     for target in targets.TARGETS:
-        if plugin.vllm_module_file(target.module) is None:
+        if target.module not in modules:
             continue
-        module = __import__(target.module, fromlist=["_"])
-        probe = PROBE(target, module)
+        probe = PROBE(target, modules[target.module])
         if probe is not None:
             found[target] = (probe, probe.accepted(), dict(vars(probe.owner)))
     return found

@@ -13,7 +13,7 @@ import pytest
 from packaging.version import Version
 
 from conftest import FLASHINFER, versions
-from vllm_moe_routing_plugin import plugin, register, targets
+from vllm_moe_routing_plugin import plugin, register
 from vllm_support import (
     BOTH,
     FP8,
@@ -23,6 +23,7 @@ from vllm_support import (
     SM100,
     TRTLLM_FUNCTIONS,
     accepted,
+    import_target_modules,
     methods,
     module,
     run_python,
@@ -130,9 +131,7 @@ def test_no_gpu_from_nvml_is_not_applicable(fp8):
 @fixed_flashinfer
 def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, records):
     monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
-    for name in targets.target_modules():  # every target module imported
-        if plugin.vllm_module_file(name) is not None:
-            module(name)
+    import_target_modules()
     raw = vars(fp8)["_supports_routing_method"]
     register()
     first = vars(fp8)["_supports_routing_method"]

@@ -30,6 +30,20 @@ def module(name: str):
     return importlib.import_module(name)
 
 
+def import_target_modules() -> dict:
+    """Import every target module this vLLM ships, as vLLM does when it builds
+    MoE layers (so an active plugin patches them at once); by name."""
+    import vllm  # noqa: F401 - vllm_module_file looks in the imported package
+
+    from vllm_moe_routing_plugin import plugin, targets
+
+    return {
+        name: module(name)
+        for name in targets.target_modules()
+        if plugin.vllm_module_file(name) is not None
+    }
+
+
 def methods():
     return module(f"{FUSED_MOE}.config").RoutingMethodType
 

@@ -36,10 +36,6 @@ class ImportHook(importlib.abc.MetaPathFinder):
         self._on_import = on_import
         self._on_error = on_error
 
-    @property
-    def modules(self) -> frozenset[str]:
-        return self._modules
-
     def find_spec(
         self,
         fullname: str,
