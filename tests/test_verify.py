@@ -18,8 +18,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vllm_moe_routing_plugin import cases, kernel_check, probe, reference  # noqa: E402
-from vllm_moe_routing_plugin.facts import gpus_from_capabilities  # noqa: E402
+from vllm_moe_routing_plugin import cases, probe, reference  # noqa: E402
 
 DATA = Path(__file__).with_name("data")
 
@@ -185,32 +184,6 @@ def test_verify_here_runs_nothing_and_exits_2():
         check=False,
     ).stdout
     assert "kernel check: not run: needs SM100" in text
-
-
-def test_kernel_check_needs_sm100():
-    assert (
-        kernel_check.unavailable(gpus_from_capabilities([(9, 0)], "t")) == "needs SM100"
-    )
-    assert kernel_check.unavailable(()) == "needs SM100"
-
-
-def test_routed_kernel_argument_packing():
-    ids = torch.tensor([[3, 1]])
-    weights = torch.tensor([[0.75, 0.25]])
-
-    def packed_api(topk_ids: torch.Tensor):
-        """Packed expert ids and weights."""
-
-    packed = kernel_check.routed_argument(ids, weights, packed_api)
-    assert (packed >> 16).tolist() == [[3, 1]]
-    bits = (packed & 0xFFFF).to(torch.int16).view(torch.bfloat16).float()
-    assert bits.tolist() == [[0.75, 0.25]]
-
-    def pair_api(topk_ids: torch.Tensor | tuple[torch.Tensor, torch.Tensor]):
-        """Alternatively a ``(topk_ids, topk_weights)`` pair."""
-
-    pair = kernel_check.routed_argument(ids, weights, pair_api)
-    assert isinstance(pair, tuple) and pair[0].dtype == torch.int32
 
 
 def test_verify_probe_table_renders():

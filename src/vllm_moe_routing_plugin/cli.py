@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
@@ -26,6 +26,9 @@ from . import facts as facts_
 from . import policy, report, settings, targets
 from .plugin import imports_flashinfer, plugin_version, vllm_has_module
 from .report import describe_error
+
+if TYPE_CHECKING:
+    from .kernel_check import PairReport
 
 ENTRY_POINT_GROUP = "vllm.general_plugins"
 
@@ -389,30 +392,44 @@ def verify(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, An
     except probe.NotRunnable as exc:
         probe_report["not_run"] = str(exc)
     result["probe"] = probe_report
-    kernel_report: dict[str, Any] = {"ran": False}
     reason = kernel_check.unavailable(gpus)
     if reason is not None:
-        kernel_report["not_run"] = reason
+        kernel_report: dict[str, Any] = {"ran": False, "not_run": reason}
     else:
         version = policy.parse_version(facts_.installed_version(facts_.FLASHINFER))
         release = version.release if version else (0, 0, 0)
-        runs = [kernel_check.run_bf16(case, release) for case in selected]
-        kernel_report.update(
-            ran=True,
-            runs=[
-                {
-                    "case": r.case.name,
-                    "min_cosine": r.min_cosine,
-                    "low_cosine_tokens": r.low_cosine_tokens,
-                    "passed": r.passed,
-                }
-                for r in runs
-            ],
-            failed_runs=sum(not r.passed for r in runs),
-        )
+        kernel_report = summarise_kernel_check(kernel_check.check(selected, release))
     result["kernel"] = kernel_report
     result["verdict"] = verdict(probe_report, kernel_report)
     return result
+
+
+def summarise_kernel_check(
+    reports: Sequence[PairReport],
+) -> dict[str, Any]:
+    """The kernel check's JSON: per pair, ran or why not; a row per run."""
+    ran = [r for r in reports if r.not_run is None]
+    rows = [run.row() for r in ran for run in r.runs]
+    summary: dict[str, Any] = {
+        "ran": bool(ran),
+        "pairs": {
+            r.pair: (
+                {"ran": False, "not_run": r.not_run}
+                if r.not_run is not None
+                else {
+                    "ran": True,
+                    "runs": len(r.runs),
+                    "failed_runs": sum(not run.passed for run in r.runs),
+                }
+            )
+            for r in reports
+        },
+        "runs": rows,
+        "failed_runs": sum(not row["passed"] for row in rows),
+    }
+    if not ran:
+        summary["not_run"] = "; ".join(f"{r.pair}: {r.not_run}" for r in reports)
+    return summary
 
 
 def verdict(*reports: Mapping[str, Any]) -> str:
@@ -461,11 +478,27 @@ def render_verify(result: Mapping[str, Any]) -> str:
     if not kernel_report["ran"]:
         out.append(f"kernel check: not run: {kernel_report['not_run']}")
     else:
-        out.append(f"kernel check: {kernel_report['failed_runs']} runs failed")
-        for row in kernel_report["runs"]:
+        out.append(
+            f"kernel check: {kernel_report['failed_runs']} of "
+            f"{len(kernel_report['runs'])} runs failed"
+        )
+        for name, pair in kernel_report["pairs"].items():
             out.append(
-                f"  {row['case']:<28} min cosine {row['min_cosine']:.4f}  "
-                + ("pass" if row["passed"] else "FAIL")
+                f"  {name}: {pair['runs']} runs, {pair['failed_runs']} failed"
+                if pair["ran"]
+                else f"  {name}: not run: {pair['not_run']}"
+            )
+        out.append(
+            f"  {'pair':<15} {'case':<28} {'min cosine':>10} {'wrong':>5}  result"
+        )
+        for row in kernel_report["runs"]:
+            wrong = "-" if row["wrong_experts"] is None else row["wrong_experts"]
+            result_ = "pass" if row["passed"] else "FAIL"
+            if row["error"]:
+                result_ += f" ({row['error']})"
+            out.append(
+                f"  {row['pair']:<15} {row['case']:<28} {row['min_cosine']:>10.4f} "
+                f"{wrong:>5}  {result_}"
             )
     return "\n".join(out)
 
