@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import inspect
+import json
 from types import SimpleNamespace
 from typing import Any
 
@@ -306,6 +307,22 @@ def test_a_kernel_that_raises_first_is_not_run_and_later_fails_the_case():
     assert [run.passed for run in report.runs[:4]] == [True, True, True, False]
     assert report.runs[3].error.startswith("RuntimeError: CUDA error")
     assert len(report.runs) == len(FEW)
+    kernel = cli.summarise_kernel_check([report])
+    json.loads(json.dumps(kernel), parse_constant=pytest.fail)  # strict JSON
+    assert kernel["runs"][3]["min_cosine"] is None
+    line = next(
+        line
+        for line in cli.render_verify(
+            {
+                "verdict": "v",
+                "gpus": [],
+                "probe": {"ran": False, "not_run": "-"},
+                "kernel": kernel,
+            }
+        ).splitlines()
+        if FEW[3].name in line
+    )
+    assert line.split()[2:5] == ["-", "-", "FAIL"]
 
 
 def test_check_runs_the_pairs_this_flashinfer_has():

@@ -493,11 +493,12 @@ def render_verify(result: Mapping[str, Any]) -> str:
         )
         for row in kernel_report["runs"]:
             wrong = "-" if row["wrong_experts"] is None else row["wrong_experts"]
+            cosine = "-" if row["min_cosine"] is None else f"{row['min_cosine']:.4f}"
             result_ = "pass" if row["passed"] else "FAIL"
             if row["error"]:
                 result_ += f" ({row['error']})"
             out.append(
-                f"  {row['pair']:<15} {row['case']:<28} {row['min_cosine']:>10.4f} "
+                f"  {row['pair']:<15} {row['case']:<28} {cosine:>10} "
                 f"{wrong:>5}  {result_}"
             )
     return "\n".join(out)

@@ -279,7 +279,7 @@ class KernelRun:
             "pair": self.pair,
             "case": self.case.name,
             "in_bug_envelope": self.case.in_bug_envelope,
-            "min_cosine": self.min_cosine,
+            "min_cosine": None if self.error else self.min_cosine,  # JSON has no NaN
             "low_cosine_tokens": self.low_cosine_tokens,
             "wrong_experts": None
             if self.selected is None
