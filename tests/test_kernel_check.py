@@ -202,7 +202,8 @@ DIRECTIONS = torch.randn(512, SMALL.hidden, generator=torch.Generator().manual_s
 
 
 def mix(ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    return (weights.float()[..., None] * DIRECTIONS[ids.long()]).sum(1)
+    directions = DIRECTIONS.to(ids.device)
+    return (weights.float()[..., None] * directions[ids.long()]).sum(1)
 
 
 def stand_in(
@@ -376,3 +377,19 @@ def test_a_kernel_check_with_no_pair_says_why():
     )
     assert kernel["not_run"] == "bf16: RuntimeError: no kernel for sm_120"
     assert cli.verify_exit({"verdict": cli.verdict({"ran": False}, kernel)}) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", sorted(PAIRS))
+def test_the_check_runs_on_a_cuda_gpu(name):
+    """Everything but the two FlashInfer calls, on a CUDA device at the size
+    ``verify`` uses (the layer, 512 experts, 4096 tokens)."""
+    module, calls = stand_in(bug=True)
+    few = cases.adversarial(experts=(160, 512), top_ks=(8,), tokens=(1, 257, 4096))
+    report = kernel_check.check_pair(PAIRS[name], few, (0, 6, 6), module, "cuda")
+    assert report.not_run is None, report.not_run
+    failed = {run.case for run in report.runs if not run.passed}
+    assert failed == {c for c in few if c.in_bug_envelope and negative_rows(c)}
+    assert all(v.is_cuda for call in calls for v in call.values() if torch.is_tensor(v))
+    weights = calls[-1]["gemm1_weights"]
+    assert weights.shape[0] == 512 and weights.numel() == 512 * 2 * 512 * 1024
