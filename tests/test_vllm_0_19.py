@@ -13,7 +13,7 @@ import pytest
 from packaging.version import Version
 
 from conftest import FLASHINFER, versions
-from vllm_moe_routing_plugin import plugin, register
+from vllm_moe_routing_plugin import plugin, register, targets
 from vllm_support import (
     BOTH,
     FP8,
@@ -185,13 +185,35 @@ def test_vllm_loader_finds_the_plugin_and_patches_lazily():
     assert "accepts Renormalize: True" in result.stdout
     log = result.stdout  # vLLM's handler writes to stdout (VLLM_LOGGING_STREAM)
     assert (
-        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100)"
-        in log
+        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100) - "
+        # no flashinfer_fp4_moe: its file outlives the function the plugin targets
+        "checked on import: flashinfer_trtllm_moe, trtllm_fp8_moe, trtllm_mxfp4_moe, "
+        "trtllm_nvfp4_moe\n" in log
     )
     assert (
         "moe_routing: on import: TrtLlmFp8ExpertsMonolithic +Renormalize "
         "+RenormalizeNaive" in log
     )
+
+
+def test_a_module_that_outlived_its_target_is_not_watched_for():
+    fp4 = "vllm.model_executor.layers.quantization.utils.flashinfer_fp4_moe"
+    fp8 = "vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe"
+    assert plugin.vllm_has_module(fp4)
+    assert not plugin.vllm_defines(fp4, targets.defined_names(fp4))
+    assert targets.defined_names(fp8) == (
+        "TrtLlmFp8ExpertsMonolithic",
+        "TrtLlmFp8Experts",
+    )
+    assert plugin.vllm_defines(fp8, targets.defined_names(fp8))
+    assert not plugin.vllm_defines(fp8, ("TrtLlmFp8Experts",))  # 0.17's class
+
+
+def test_an_unreadable_vllm_source_counts_as_defining(monkeypatch, tmp_path):
+    unreadable = tmp_path / "module.py"
+    unreadable.write_bytes(b"\xff\xfe not utf-8")
+    monkeypatch.setattr(plugin, "vllm_module_file", lambda name: str(unreadable))
+    assert plugin.vllm_defines("vllm.any", ("Anything",))
 
 
 def test_vllm_plugins_allow_list_excludes_the_plugin():

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -165,6 +166,26 @@ def vllm_has_module(name: str) -> bool:
     return vllm_module_file(name) is not None
 
 
+def vllm_defines(module: str, names: Iterable[str]) -> bool:
+    """Whether vLLM's source of ``module`` defines a class or function named in
+    ``names``, read as text without importing it. A file can outlive its target:
+    ``quantization/utils/flashinfer_fp4_moe.py`` of vLLM 0.17+ no longer has
+    ``_supports_routing_method``, and the log line must not name it. A file
+    that cannot be read counts as defining them (the line then names it)."""
+    path = vllm_module_file(module)
+    if path is None:
+        return False
+    try:
+        with open(path, encoding="utf-8") as source:
+            text = source.read()
+    except (OSError, ValueError):
+        return True
+    return any(
+        re.search(rf"^[ \t]*(?:class|def)[ \t]+{re.escape(name)}\b", text, re.M)
+        for name in names
+    )
+
+
 def imports_flashinfer(name: str) -> bool:
     """Whether vLLM's module ``name`` imports FlashInfer when it is imported
     (``experts/trtllm_nvfp4_moe.py`` of vLLM 0.17-0.19 does, at its top).
@@ -250,7 +271,9 @@ def _watch(activation: Activation, *, patch: bool = True) -> None:
 
     modules = targets.target_modules()
     if patch:
-        activation.pending = {m for m in modules if vllm_has_module(m)}
+        activation.pending = {
+            m for m in modules if vllm_defines(m, targets.defined_names(m))
+        }
         on_import: Callable[[ModuleType], None] = activation.on_import
     else:
 

@@ -25,7 +25,7 @@ def target_part(outcomes: Iterable[Outcome], pending: Iterable[str] = ()) -> str
     parts = [describe(o) for o in outcomes if o.state not in ("absent", "untouched")]
     waiting = sorted(name.rsplit(".", 1)[-1] for name in pending)
     if waiting:
-        parts.append(f"patching on import: {', '.join(waiting)}")
+        parts.append(f"checked on import: {', '.join(waiting)}")
     return ", ".join(parts) if parts else "no TRT-LLM monolithic target in this vLLM"
 
 

@@ -198,6 +198,11 @@ def target_modules(targets: Iterable[Target] = TARGETS) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t.module for t in targets))
 
 
+def defined_names(module: str, targets: Iterable[Target] = TARGETS) -> tuple[str, ...]:
+    """The classes and functions of ``module`` that hold a target's check."""
+    return tuple(t.owner or t.check for t in targets if t.module == module)
+
+
 class Unrecognised(Exception):
     """The target exists but is not shaped the way this plugin knows."""
 
