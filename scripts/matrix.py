@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The compatibility matrix: the contract tests against every supported vLLM
-release, with the FlashInfer it pins and, where that pin is older than 0.6.7,
-with flashinfer-python (and -cubin) 0.6.7 installed over it.
+"""The compatibility matrix: the contract tests, and the kernel check's
+bindings to FlashInfer, against every supported vLLM release with the
+FlashInfer it pins and, where that pin is older than 0.6.7, with
+flashinfer-python (and -cubin) 0.6.7 installed over it.
 
     python3 scripts/matrix.py [--releases 0.19.1,0.33.0] [--output docs/compatibility.md]
 
@@ -80,6 +81,7 @@ def run(name: str) -> dict:
                 "no:cacheprovider",
                 "-q",
                 str(ROOT / "tests" / "test_contract.py"),
+                str(ROOT / "tests" / "test_kernel_check.py"),
             ],
             cwd=ROOT,
             env={**os.environ, "MOE_ROUTING_MATRIX_JSON": str(report)},
@@ -114,13 +116,16 @@ def render(rows: list[dict], command: str) -> str:
         f"flashinfer-python (and -cubin where the release pins it) {FIXED} over an older pin.",
         "The contract tests (`tests/test_contract.py`) check the expected targets, their",
         "states and their answers for both decisions (the other FlashInfer version injected),",
-        "and the decision the installed FlashInfer produces. Target states are those of the",
+        "and the decision the installed FlashInfer produces; `tests/test_kernel_check.py`",
+        "binds `verify`'s kernel-check arguments to the installed FlashInfer's own",
+        "signatures (its 3 tests that need a CUDA GPU are skipped here). Target states",
+        "are those of the",
         "installed FlashInfer's decision: `patched`, `native` (vLLM already answers what the",
         "decision wants), `-` (absent in that release).",
         "",
     ]
     present = [t for t in TARGET_ORDER if any(f"installed:{t}" in r for r in rows)]
-    header = ["vLLM", "flashinfer-python", "action", *present, "contract tests"]
+    header = ["vLLM", "flashinfer-python", "action", *present, "tests"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in rows:
