@@ -40,6 +40,7 @@ from . import reference
 from .cases import Case
 from .facts import Gpu
 from .policy import SUPPORTED_CAPABILITIES
+from .report import describe_error
 
 if TYPE_CHECKING:
     import torch
@@ -212,7 +213,7 @@ def unavailable(gpus: tuple[Gpu, ...]) -> str | None:
     try:
         from flashinfer import fused_moe  # noqa: F401
     except Exception as exc:
-        return f"FlashInfer does not import ({type(exc).__name__}: {exc})"
+        return f"FlashInfer does not import ({describe_error(exc)})"
     return None
 
 
@@ -335,8 +336,9 @@ def run_case(
     activations = pair.activations(case.tokens, shape, generator, device)
     shared = shared_arguments(pair, case, weights, activations, shape)
     logits = case.logits(device)
+    host_logits = logits.cpu()
     ids, routing_weights = reference.route(
-        logits.cpu(), case.top_k, "renormalize", flashinfer
+        host_logits, case.top_k, "renormalize", flashinfer
     )
     replay = None
     if "routing_replay_out" in inspect.signature(monolithic).parameters:
@@ -354,7 +356,7 @@ def run_case(
     cosine = cosine_per_token(_output(fused), _output(unfused)).cpu()
     selected = None
     if replay is not None:
-        key = reference.keys(logits.cpu(), "renormalize", flashinfer)
+        key = reference.keys(host_logits, "renormalize", flashinfer)
         selected = reference.compare(replay.cpu(), ids, key)
     return KernelRun(
         pair=pair.name,
@@ -396,7 +398,7 @@ def check_pair(
                 run_case(pair, case, flashinfer, weights, fused_moe, device, shape)
             )
         except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            error = describe_error(exc).splitlines()[0]
             if not runs:
                 return PairReport(pair.name, (), error)
             runs.append(

@@ -166,20 +166,28 @@ def vllm_has_module(name: str) -> bool:
     return vllm_module_file(name) is not None
 
 
+def vllm_source(name: str) -> str | None:
+    """The source text of vLLM module ``name``, read without importing it;
+    None if vLLM does not ship it. Raises what reading the file raises."""
+    path = vllm_module_file(name)
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as source:
+        return source.read()
+
+
 def vllm_defines(module: str, names: Iterable[str]) -> bool:
     """Whether vLLM's source of ``module`` defines a class or function named in
-    ``names``, read as text without importing it. A file can outlive its target:
+    ``names``. A file can outlive its target:
     ``quantization/utils/flashinfer_fp4_moe.py`` of vLLM 0.17+ no longer has
     ``_supports_routing_method``, and the log line must not name it. A file
     that cannot be read counts as defining them (the line then names it)."""
-    path = vllm_module_file(module)
-    if path is None:
-        return False
     try:
-        with open(path, encoding="utf-8") as source:
-            text = source.read()
+        text = vllm_source(module)
     except (OSError, ValueError):
         return True
+    if text is None:
+        return False
     return any(
         re.search(rf"^[ \t]*(?:class|def)[ \t]+{re.escape(name)}\b", text, re.M)
         for name in names
@@ -190,13 +198,11 @@ def imports_flashinfer(name: str) -> bool:
     """Whether vLLM's module ``name`` imports FlashInfer when it is imported
     (``experts/trtllm_nvfp4_moe.py`` of vLLM 0.17-0.19 does, at its top).
     The plugin never imports such a module itself."""
-    path = vllm_module_file(name)
-    if path is None:
-        return False
-    with open(path, encoding="utf-8") as source:
-        return any(
-            line.startswith(("import flashinfer", "from flashinfer")) for line in source
-        )
+    text = vllm_source(name) or ""
+    return any(
+        line.startswith(("import flashinfer", "from flashinfer"))
+        for line in text.splitlines()
+    )
 
 
 _current: Activation | None = None
