@@ -263,7 +263,7 @@ def collect(
         "package_notes": pin_notes(found.versions, facts_.vllm_pins(requires_of)),
         "gpus": [
             {
-                "index": g.index,
+                "index": g.ordinal,
                 "name": g.name,
                 "capability": f"{g.capability[0]}.{g.capability[1]}",
                 "source": g.source,

@@ -14,6 +14,7 @@ installed distributions) are parameters, so tests hand in their answers.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import importlib.metadata
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -52,7 +53,7 @@ def installed_version(distribution: str) -> str | None:
 class Gpu(NamedTuple):
     """One GPU as this process numbers it (after ``CUDA_VISIBLE_DEVICES``)."""
 
-    index: int
+    ordinal: int  # CUDA's device index in this process
     name: str
     capability: Capability
     source: str  # "nvml", the override variable's name, or "assumed"
@@ -134,7 +135,7 @@ def read_gpus_nvml(environ: Mapping[str, str], nvml: Any = None) -> GpuReading:
     """
     if nvml is None:
         try:
-            import pynvml as nvml
+            nvml = importlib.import_module("pynvml")
         except ImportError as exc:
             return GpuReading((), f"NVML bindings not importable ({exc})")
     try:
@@ -147,7 +148,7 @@ def read_gpus_nvml(environ: Mapping[str, str], nvml: Any = None) -> GpuReading:
         chosen = _select_visible(environ, handles, nvml)
         gpus = tuple(
             Gpu(
-                index=ordinal,
+                ordinal=ordinal,
                 name=_text(nvml.nvmlDeviceGetName(handle)),
                 capability=_capability(nvml.nvmlDeviceGetCudaComputeCapability(handle)),
                 source="nvml",
@@ -206,7 +207,7 @@ def gpus_from_capabilities(
     capabilities: Sequence[Capability], source: str
 ) -> tuple[Gpu, ...]:
     return tuple(
-        Gpu(index=i, name="(not queried)", capability=c, source=source)
+        Gpu(ordinal=i, name="(not queried)", capability=c, source=source)
         for i, c in enumerate(capabilities)
     )
 

@@ -82,7 +82,7 @@ class ImportHook(importlib.abc.MetaPathFinder):
 
 
 class _CallbackLoader(importlib.abc.Loader):
-    def __init__(self, loader: Any, on_import: OnImport) -> None:
+    def __init__(self, loader: importlib.abc.Loader, on_import: OnImport) -> None:
         self._loader = loader
         self._on_import = on_import
 

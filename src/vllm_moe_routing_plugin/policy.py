@@ -159,12 +159,12 @@ def describe_gpus(gpus: tuple[Gpu, ...]) -> str:
         if (
             groups
             and groups[-1][2] == gpu.capability
-            and groups[-1][1] + 1 == gpu.index
+            and groups[-1][1] + 1 == gpu.ordinal
         ):
             first, _, capability = groups[-1]
-            groups[-1] = (first, gpu.index, capability)
+            groups[-1] = (first, gpu.ordinal, capability)
         else:
-            groups.append((gpu.index, gpu.index, gpu.capability))
+            groups.append((gpu.ordinal, gpu.ordinal, gpu.capability))
     parts = [
         (f"{first}-{last}" if first != last else f"{first}") + f" sm_{major}{minor}"
         for first, last, (major, minor) in groups

@@ -152,7 +152,9 @@ def key_kinds(header: Header) -> list[str]:
 
 def keys_for(case: Case, kind: str, header: Header) -> Any:
     logits = case.logits()
-    method = "renormalize" if kind == "bf16 logits" else "renormalize_naive"
+    method: reference.Method = (
+        "renormalize" if kind == "bf16 logits" else "renormalize_naive"
+    )
     key = reference.keys(logits, method, header.release)
     import torch
 
