@@ -1,8 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Shared test helpers.
+"""pytest's hooks and fixtures for the suite (helpers: support.py).
 
 Tests about vLLM run against the vLLM really installed in the environment
-(scripts/env.sh builds one per release); a test marked ``vllm("==0.19.1")``
+(noxfile.py builds one per release); a test marked ``vllm("==0.19.1")``
 runs only where that release is installed. GPUs are simulated only through the
 plugin's documented override variable or an NVML stand-in handed to the facts
 function; other FlashInfer versions only through an injected ``version_of``.
@@ -10,7 +10,6 @@ function; other FlashInfer versions only through an injected ``version_of``.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 from collections.abc import Iterator
 
@@ -18,18 +17,8 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
+from support import FLASHINFER, VLLM, Records
 from vllm_moe_routing_plugin import plugin
-
-
-def installed(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-VLLM = installed("vllm")
-FLASHINFER = installed("flashinfer-python")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -73,21 +62,6 @@ def fresh_plugin() -> Iterator[None]:
     plugin.deactivate()
 
 
-class Records(logging.Handler):
-    """vLLM's ``vllm`` logger does not propagate, which defeats caplog
-    (vLLM's own tests attach a handler the same way)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def lines(self, level: int = logging.INFO) -> list[str]:
-        return [r.getMessage() for r in self.records if r.levelno == level]
-
-
 @pytest.fixture
 def records() -> Iterator[Records]:
     if VLLM is not None:
@@ -102,19 +76,6 @@ def records() -> Iterator[Records]:
     yield handler
     log.removeHandler(handler)
     log.setLevel(old_level)
-
-
-def versions(**overrides: str | None):
-    """A ``version_of`` that answers the installed versions, except for the
-    distributions given (``flashinfer_python="0.6.6"``)."""
-    table = {k.replace("_", "-"): v for k, v in overrides.items()}
-
-    def version_of(distribution: str) -> str | None:
-        if distribution in table:
-            return table[distribution]
-        return installed(distribution)
-
-    return version_of
 
 
 def pytest_terminal_summary(terminalreporter) -> None:

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import FLASHINFER, VLLM
+from support import FLASHINFER, VLLM
 from vllm_moe_routing_plugin import cli
 
 

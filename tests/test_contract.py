@@ -8,7 +8,7 @@ routing check accepts Renormalize/RenormalizeNaive before the plugin. From it
 follow the states the plugin must report, and what the checks must answer
 after it, for ``enable`` (FlashInfer >= 0.6.7) and ``guard`` (< 0.6.7; injected
 where the installed FlashInfer is fixed), plus the decision the installed
-FlashInfer must produce. ``scripts/matrix.py`` runs this file in one
+FlashInfer must produce. The ``matrix`` sessions of noxfile.py run this file in one
 environment per release and FlashInfer variant and writes
 ``docs/compatibility.md`` from the JSON each run leaves behind.
 """
@@ -21,7 +21,7 @@ import os
 import pytest
 from packaging.version import Version
 
-from conftest import FLASHINFER, VLLM, versions
+from support import FLASHINFER, VLLM, versions
 from vllm_moe_routing_plugin import plugin, targets
 from vllm_support import BOTH, SM100, import_target_modules, methods
 

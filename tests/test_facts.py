@@ -48,7 +48,7 @@ NODE = FakeNvml(
 
 def caps(environ):
     reading = facts.read_gpus_nvml(environ, NODE)
-    return [(g.index, g.name, g.capability) for g in reading.gpus], reading.error
+    return [(g.ordinal, g.name, g.capability) for g in reading.gpus], reading.error
 
 
 def test_all_devices_when_cuda_visible_devices_is_unset():

@@ -18,7 +18,7 @@ from types import SimpleNamespace
 import pytest
 from packaging.version import Version
 
-from conftest import FLASHINFER, versions
+from support import FLASHINFER, versions
 from vllm_moe_routing_plugin import plugin
 from vllm_support import SM100, answer_sm100, key, module, moe_config, simulated
 

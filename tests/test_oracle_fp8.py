@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import pytest
 from packaging.version import Version
 
-from conftest import FLASHINFER
+from support import FLASHINFER
 from vllm_moe_routing_plugin import plugin
 from vllm_support import SM100, answer_sm100, key, module, moe_config, simulated
 

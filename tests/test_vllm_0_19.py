@@ -12,7 +12,7 @@ import logging
 import pytest
 from packaging.version import Version
 
-from conftest import FLASHINFER, versions
+from support import FLASHINFER, versions
 from vllm_moe_routing_plugin import plugin, register, targets
 from vllm_support import (
     BOTH,

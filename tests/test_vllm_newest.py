@@ -6,7 +6,7 @@ moves exactly the layers the bug reaches off the fused kernel."""
 
 import pytest
 
-from conftest import versions
+from support import versions
 from vllm_moe_routing_plugin import plugin
 from vllm_support import (
     BF16,
