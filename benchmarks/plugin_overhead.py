@@ -4,7 +4,7 @@
     python benchmarks/plugin_overhead.py [--pairs 20] [--json benchmarks/results.json]
 
 Run it with the Python of an environment that has vLLM and the plugin
-(e.g. ``$(bash scripts/env.sh vllm-0.19.1-fi0.6.7)/bin/python``). Runs with the
+(``bash scripts/nox.sh -s benchmark -- ARGS`` does that). Runs with the
 plugin and without it alternate; "without" sets ``VLLM_PLUGINS`` to vLLM's own
 general plugins only. Prints a table, checks the budgets and writes JSON.
 

@@ -1,0 +1,258 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The project's environments and checks, as nox sessions.
+
+Run through the bootstrap, which needs nothing but ``python3`` (see README,
+"Development")::
+
+    bash scripts/nox.sh                                  the test command
+    bash scripts/nox.sh -s status -- --capability 10.0   the status command
+    bash scripts/nox.sh -t matrix                        docs/compatibility.md
+    bash scripts/nox.sh --list                           every session
+
+Environments are built with uv and kept under
+``${XDG_CACHE_HOME:-~/.cache}/vllm-moe-routing/nox``, outside the clone, so a
+second run reuses them; an environment is rebuilt only when what it installs
+changes. Tests about vLLM run against the vLLM release installed in their
+environment, with FlashInfer as that release pins it or installed over the
+pins (``-fi<version>``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import NamedTuple
+
+import nox
+
+ROOT = Path(__file__).resolve().parent
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+CACHE = CACHE / "vllm-moe-routing"
+MATRIX_RESULTS = ROOT / "build" / "matrix"
+
+nox.needs_version = ">=2025.10.14"
+nox.options.default_venv_backend = "uv"
+nox.options.envdir = str(CACHE / "nox")
+nox.options.reuse_venv = "yes"
+# Only interpreters that are on this machine: a session for a Python that is
+# missing is skipped, and nox says so.
+nox.options.download_python = "never"
+nox.options.error_on_missing_interpreters = False
+nox.options.sessions = ["fresh_machine", "lint", "typecheck", "tests"]
+
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+TEST_DEPENDENCIES = nox.project.dependency_groups(PYPROJECT, "test")
+RUFF = "ruff==0.14.*"
+MYPY = "mypy==1.19.*"
+
+#: The first FlashInfer release with the fix for flashinfer#2822.
+FIXED_FLASHINFER = "0.6.7"
+
+
+class Env(NamedTuple):
+    """One test environment: a vLLM release (None: no vLLM at all) with the
+    FlashInfer it pins, or with ``flashinfer`` installed over the pins."""
+
+    vllm: str | None
+    flashinfer: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.vllm is None:
+            return "plain"
+        return f"vllm-{self.vllm}" + (
+            f"-fi{self.flashinfer}" if self.flashinfer else ""
+        )
+
+
+PLAIN = Env(None)
+PATCH_PATH = Env("0.19.1", FIXED_FLASHINFER)
+
+#: The test command's environments, and the interpreters they run under
+#: (None: the Python nox runs under). plain: no vLLM (decision, facts,
+#: settings, status without vLLM); 0.19.1 + FlashInfer 0.6.7: the patch path
+#: and vLLM's FP8 backend selection; 0.19.1 as pinned: the guard with the real
+#: FlashInfer 0.6.6 (NVFP4 and MXFP4 backend selection); 0.17.1 as pinned: the
+#: guard on the 0.17 FP8 class; 0.33.0: the native path. The oldest and newest
+#: Python vLLM supports run the first two.
+TEST_RUNS: list[tuple[str | None, Env]] = [
+    (None, PLAIN),
+    (None, PATCH_PATH),
+    (None, Env("0.19.1")),
+    (None, Env("0.17.1")),
+    (None, Env("0.33.0")),
+    ("3.10", PLAIN),
+    ("3.10", PATCH_PATH),
+    ("3.13", PLAIN),
+    ("3.13", PATCH_PATH),
+]
+
+#: The release matrix: every supported vLLM line's last release, with the
+#: FlashInfer it pins and, where that pin predates the fix, with the fix over it.
+RELEASES = ["0.16.0", "0.17.1", "0.18.1", "0.19.1", "0.20.2", "0.22.1", "0.25.1",
+            "0.26.0", "0.30.0", "0.33.0"]  # fmt: skip
+PINNED_BEFORE_FIX = {"0.16.0", "0.17.1", "0.18.1", "0.19.1"}
+MATRIX = [
+    env
+    for release in RELEASES
+    for env in [Env(release)]
+    + ([Env(release, FIXED_FLASHINFER)] if release in PINNED_BEFORE_FIX else [])
+]
+
+
+def install(session: nox.Session, env: Env) -> None:
+    """Install ``env`` into the session's environment (skipped when it is
+    already there), then this checkout of the plugin, byte-compiled as pip
+    installs it."""
+    spec = " ".join([env.name, *TEST_DEPENDENCIES])
+    marker = Path(session.virtualenv.location) / ".moe-routing-env"
+    if not marker.exists() or marker.read_text() != spec:
+        if env.vllm is None:
+            session.install("packaging", "nvidia-ml-py", *TEST_DEPENDENCIES)
+        else:
+            session.install(f"vllm=={env.vllm}", *TEST_DEPENDENCIES)
+        if env.flashinfer is not None:
+            # Over vLLM's pins; flashinfer-cubin too where the release installs
+            # it (FlashInfer 0.6.x refuses to import when the two differ).
+            over_pins = [f"flashinfer-python=={env.flashinfer}"]
+            if _installed(session, "flashinfer-cubin"):
+                over_pins.append(f"flashinfer-cubin=={env.flashinfer}")
+            session.install("--no-deps", *over_pins)
+        marker.write_text(spec)
+    session.install(
+        "--no-deps",
+        "--compile-bytecode",
+        "--reinstall-package",
+        "vllm-moe-routing-plugin",
+        str(ROOT),
+    )
+
+
+def _installed(session: nox.Session, distribution: str) -> bool:
+    site = Path(session.virtualenv.location).glob("lib/python*/site-packages")
+    dist_info = f"{distribution.replace('-', '_')}-*.dist-info"
+    return any(any(path.glob(dist_info)) for path in site)
+
+
+@nox.session(python=False)
+def fresh_machine(session: nox.Session) -> None:
+    """The bootstrap on a fresh machine: with an empty home directory and
+    PATH=/usr/bin:/bin (the system python3, no uv), ``scripts/nox.sh`` must
+    install its tools and run a session, writing nothing in the home
+    directory but under ~/.cache."""
+    home = CACHE / "fresh-home"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    bare = {"HOME": str(home), "PATH": "/usr/bin:/bin"}
+    try:
+        uv = subprocess.run(
+            ["bash", "-c", "command -v uv"], env=bare, capture_output=True
+        )
+        if uv.returncode == 0:
+            session.warn(f"uv is on PATH=/usr/bin:/bin ({uv.stdout.decode().strip()})")
+        session.run(
+            "env", "-i", *(f"{k}={v}" for k, v in bare.items()),
+            "bash", str(ROOT / "scripts" / "nox.sh"), "--no-color", "-s", "lint",
+            external=True,
+        )  # fmt: skip
+        written = sorted(p.name for p in home.iterdir())
+        if written != [".cache"]:
+            session.error(f"the bootstrap wrote {written} in the home directory")
+        session.log("bootstrap with an empty home and no uv on PATH: ok")
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff (no vLLM needed)."""
+    session.install(RUFF)
+    paths = ["src", "tests", "scripts", "benchmarks", "noxfile.py"]
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over the package (configured in pyproject.toml)."""
+    session.install(MYPY, "packaging", "nvidia-ml-py")
+    session.run("mypy", "--strict", "src")
+
+
+@nox.session
+@nox.parametrize(
+    ["python", "env"],
+    TEST_RUNS,
+    ids=[f"py{python}-{env.name}" if python else env.name for python, env in TEST_RUNS],
+)
+def tests(session: nox.Session, env: Env) -> None:
+    """The suite in one environment (``-- ARGS`` go to pytest)."""
+    install(session, env)
+    session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                *(session.posargs or ["tests"]))  # fmt: skip
+
+
+@nox.session
+def status(session: nox.Session) -> None:
+    """``vllm-moe-routing status`` with vLLM 0.19.1 and FlashInfer 0.6.7
+    (``-- ARGS`` go to status, e.g. ``-- --capability 10.0 --json``)."""
+    install(session, PATCH_PATH)
+    session.run("vllm-moe-routing", "status", *session.posargs)
+
+
+@nox.session
+def benchmark(session: nox.Session) -> None:
+    """What the plugin costs a vLLM process (benchmarks/plugin_overhead.py)."""
+    install(session, PATCH_PATH)
+    session.run("python", "benchmarks/plugin_overhead.py", *session.posargs)
+
+
+@nox.session(tags=["matrix"])
+@nox.parametrize("env", MATRIX, ids=[env.name for env in MATRIX])
+def matrix(session: nox.Session, env: Env) -> None:
+    """The contract tests and the kernel check's bindings against one release
+    of the matrix; ``compatibility`` writes the table."""
+    session.notify("compatibility")
+    install(session, env)
+    MATRIX_RESULTS.mkdir(parents=True, exist_ok=True)
+    contract = MATRIX_RESULTS / f"{env.name}.contract.json"
+    junit = MATRIX_RESULTS / f"{env.name}.junit.xml"
+    contract.unlink(missing_ok=True)
+    started = time.monotonic()
+    session.run(
+        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+        f"--junitxml={junit}", "tests/test_contract.py", "tests/test_kernel_check.py",
+        env={"MOE_ROUTING_MATRIX_JSON": str(contract)},
+        success_codes=[0, 1],
+    )  # fmt: skip
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert suite is not None
+    counts = {
+        key: int(suite.get(key, "0"))
+        for key in ("tests", "failures", "errors", "skipped")
+    }
+    row = {
+        "name": env.name,
+        "seconds": round(time.monotonic() - started),
+        "passed": counts["failures"] == counts["errors"] == 0,
+        "counts": counts,
+        **(json.loads(contract.read_text()) if contract.exists() else {}),
+    }
+    (MATRIX_RESULTS / f"{env.name}.json").write_text(json.dumps(row, indent=2))
+    if not row["passed"]:
+        session.error(f"{env.name}: {counts}")
+
+
+@nox.session(python=False)
+def compatibility(session: nox.Session) -> None:
+    """docs/compatibility.md from the matrix sessions' results."""
+    session.run(
+        sys.executable, str(ROOT / "scripts" / "compatibility.py"),
+        str(MATRIX_RESULTS), *(env.name for env in MATRIX),
+    )  # fmt: skip
