@@ -49,6 +49,7 @@ nox.options.sessions = ["fresh_machine", "lint", "typecheck", "tests"]
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 TEST_DEPENDENCIES = nox.project.dependency_groups(PYPROJECT, "test")
 RUFF = "ruff==0.14.*"
+IMPORT_LINTER = "import-linter==2.*"
 MYPY = "mypy==1.19.*"
 
 #: The first FlashInfer release with the fix for flashinfer#2822.
@@ -171,11 +172,13 @@ def fresh_machine(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff (no vLLM needed)."""
-    session.install(RUFF)
+    """ruff, and import-linter's contracts (pyproject.toml): the runtime never
+    imports the diagnostics, layers point one way, no import cycle."""
+    session.install(RUFF, IMPORT_LINTER)
     paths = ["src", "tests", "scripts", "benchmarks", "noxfile.py"]
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
+    session.run("lint-imports", env={"PYTHONPATH": str(ROOT / "src")})
 
 
 @nox.session

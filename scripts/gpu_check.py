@@ -20,12 +20,13 @@ import statistics
 import sys
 import time
 
-from vllm_moe_routing_plugin import cli, facts, plugin, register
+from vllm_moe_routing_plugin import __version__, activation, facts, register
+from vllm_moe_routing_plugin.diagnostics import cli, status
 
 
 def main() -> int:
     register()  # as vLLM's loader would; without vLLM it logs and goes on
-    activation = plugin.current()
+    current = activation.current()
     import pynvml
 
     pynvml.nvmlInit()
@@ -47,13 +48,13 @@ def main() -> int:
         environ = dict(base)
         if visible is not None:
             environ["CUDA_VISIBLE_DEVICES"] = visible
-        status = cli.collect(args, environ)
+        report = status.collect(args, environ).to_json()
         cases[label] = {
             "CUDA_VISIBLE_DEVICES": visible,
-            "action": status["action"],
-            "reason": status["reason"],
-            "gpus": status["gpus"],
-            "gpu_error": status["gpu_error"],
+            "action": report["action"],
+            "reason": report["reason"],
+            "gpus": report["gpus"],
+            "gpu_error": report["gpu_error"],
         }
     timings = []
     for _ in range(20):
@@ -72,9 +73,9 @@ def main() -> int:
                 "date": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, "
                 f"Python {platform.python_version()}, torch {torch.__version__}",
-                "plugin_version": plugin.plugin_version(),
-                "register_decision": activation.decision.action if activation else None,
-                "register_line": activation.line() if activation else None,
+                "plugin_version": __version__,
+                "register_decision": current.decision.action if current else None,
+                "register_line": current.line() if current else None,
                 "cases": cases,
                 "nvml_query_ms": {
                     "median": statistics.median(timings) * 1e3,

@@ -18,7 +18,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from support import FLASHINFER, VLLM, Records
-from vllm_moe_routing_plugin import plugin
+from vllm_moe_routing_plugin import activation
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -57,9 +57,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(autouse=True)
 def fresh_plugin() -> Iterator[None]:
     """Each test starts and ends with the plugin inactive in this process."""
-    plugin.deactivate()
+    activation.deactivate()
     yield
-    plugin.deactivate()
+    activation.deactivate()
 
 
 @pytest.fixture

@@ -8,7 +8,8 @@ import sys
 import pytest
 
 from support import FLASHINFER, VLLM
-from vllm_moe_routing_plugin import cli
+from vllm_moe_routing_plugin.diagnostics import cli
+from vllm_moe_routing_plugin.diagnostics import status as status_report
 
 
 def status(*args, env=None):
@@ -93,7 +94,8 @@ def test_human_report_answers_first():
 
 NO_SIDE_EFFECTS = """
 import sys
-from vllm_moe_routing_plugin import cli
+from vllm_moe_routing_plugin.diagnostics import cli
+from vllm_moe_routing_plugin.diagnostics import status as status_report
 code = cli.main(["status", "--capability", "10.0"])
 import torch
 print("flashinfer imported:", any(m.split(".")[0] == "flashinfer" for m in sys.modules))
@@ -183,14 +185,15 @@ def test_status_without_vllm():
 
 def _collect(**edges):
     args = cli.parser().parse_args(["status", "--capability", "10.0", "--no-targets"])
-    return cli.collect(args, {}, **edges)
+    return status_report.collect(args, {}, **edges)
 
 
 def test_entry_point_not_discoverable_exits_1():
-    data = _collect(entry_points=lambda group: [])
+    report = _collect(entry_points=lambda group: [])
+    data = report.to_json()
     assert data["plugin"]["discovered"] is False
     assert "vLLM will not load the plugin" in data["plugin"]["problem"]
-    assert cli.exit_status(data) == 1
+    assert status_report.exit_status(report) == 1
 
 
 def test_companion_wheel_mismatch_exits_1():
@@ -199,19 +202,20 @@ def test_companion_wheel_mismatch_exits_1():
             distribution
         )
 
-    data = _collect(installed_version=installed_version)
+    report = _collect(installed_version=installed_version)
+    data = report.to_json()
     assert data["action"] == "enable"
     assert any("flashinfer-cubin 0.6.6 differs" in p for p in data["problems"])
-    assert cli.exit_status(data) == 1
+    assert status_report.exit_status(report) == 1
 
 
 def test_pin_notes():
-    assert cli.pin_notes(
+    assert status_report.pin_notes(
         {"flashinfer-python": "0.6.7", "flashinfer-cubin": "0.6.6"},
         {"flashinfer-python": "==0.6.6", "flashinfer-cubin": "==0.6.6"},
     ) == [
         "flashinfer-python 0.6.7 is newer than vLLM's pin ==0.6.6 (installed over it)"
     ]
-    assert cli.pin_notes(
+    assert status_report.pin_notes(
         {"flashinfer-python": "0.6.6"}, {"flashinfer-python": "==0.7.2.post1"}
     ) == ["flashinfer-python 0.6.6 is older than vLLM's pin ==0.7.2.post1"]

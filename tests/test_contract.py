@@ -22,7 +22,7 @@ import pytest
 from packaging.version import Version
 
 from support import FLASHINFER, VLLM, versions
-from vllm_moe_routing_plugin import plugin, targets
+from vllm_moe_routing_plugin import activation, checks, targets
 from vllm_support import BOTH, SM100, import_target_modules, methods
 
 FP8 = "TrtLlmFp8ExpertsMonolithic"
@@ -82,10 +82,10 @@ def import_targets() -> dict[str, targets.Target]:
     return {t.name: t for t in targets.TARGETS if t.module in modules}
 
 
-def routing_table(probe: targets.Probe) -> dict[str, dict[str, bool]]:
+def routing_table(check: checks.RoutingCheck) -> dict[str, dict[str, bool]]:
     return {
         scheme: {m: m in names for m in (x.name for x in methods())}
-        for scheme, names in probe.accepted().items()
+        for scheme, names in check.accepted().items()
     }
 
 
@@ -109,32 +109,34 @@ def test_targets_states_and_answers(action):
     import vllm  # noqa: F401
 
     present = import_targets()
-    probes = {}
+    checks_found = {}
     for name, target in present.items():
-        probe = targets.probe(target, sys.modules[target.module])
-        if probe is not None:
-            probes[name] = probe
-    assert set(probes) == set(CONTRACT), "targets present in this vLLM"
-    originals = {name: routing_table(p) for name, p in probes.items()}
+        check = checks.locate(target, sys.modules[target.module])
+        if check is not None:
+            checks_found[name] = check
+    assert set(checks_found) == set(CONTRACT), "targets present in this vLLM"
+    originals = {name: routing_table(p) for name, p in checks_found.items()}
     for name, table in originals.items():
         for scheme, answers in table.items():
             accepts = answers["Renormalize"] and answers["RenormalizeNaive"]
             assert accepts is CONTRACT[name], (name, scheme)
 
     injected = "0.7.4" if action == "enable" else "0.6.6"
-    activation = plugin.activate(SM100, version_of=versions(flashinfer_python=injected))
-    assert activation.decision.action == action
-    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    current = activation.activate(
+        SM100, version_of=versions(flashinfer_python=injected)
+    )
+    assert current.decision.action == action
+    states = {o.target.name: o.state for o in current.outcomes.values()}
     for name in CONTRACT:
         assert states[name] == expected_state(name, action), name
     record(
         {f"{action}:{name}": states[name] for name in CONTRACT}
-        | {f"{action}:line": activation.line()}
+        | {f"{action}:line": current.line()}
     )
-    assert f"moe_routing 0.1.0: {action} (" in activation.line()
+    assert f"moe_routing 0.1.0: {action} (" in current.line()
 
-    for name, probe in probes.items():
-        now = probe.reread()
+    for name, check in checks_found.items():
+        now = check.reread()
         after = routing_table(now)
         assert set(after) == set(originals[name]), name  # same quant schemes
         for scheme, answers in after.items():
@@ -151,25 +153,25 @@ def test_targets_states_and_answers(action):
             else:
                 # Classes keep their routing check; is_supported_config guards.
                 assert renormalize == {CONTRACT[name]}, (name, scheme)
-                guarded = targets.is_ours(vars(probe.owner).get("is_supported_config"))
+                guarded = checks.is_ours(vars(check.owner).get("is_supported_config"))
                 assert guarded is CONTRACT[name], name
         if name in RAISES_FOR_UNKNOWN_SCHEME:
-            call = targets._caller(probe.target, now.check)
+            call = checks.caller(check.target, now.check)
             with pytest.raises(ValueError, match="Unsupported quantization scheme"):
                 call(methods().Renormalize, None, None)
 
-    plugin.deactivate()
-    for name, probe in probes.items():
-        assert routing_table(probe.reread()) == originals[name], name
-        assert not targets.is_ours(vars(probe.owner).get("is_supported_config"))
+    activation.deactivate()
+    for name, check in checks_found.items():
+        assert routing_table(check.reread()) == originals[name], name
+        assert not checks.is_ours(vars(check.owner).get("is_supported_config"))
 
 
 def test_installed_flashinfer_decides():
     import_targets()
-    activation = plugin.activate(SM100)
+    current = activation.activate(SM100)
     action = installed_action()
-    assert activation.decision.action == action
-    line = activation.line()
+    assert current.decision.action == action
+    line = current.line()
     assert f"moe_routing 0.1.0: {action} (flashinfer-python {FLASHINFER} " in line
     record(
         {
@@ -178,5 +180,5 @@ def test_installed_flashinfer_decides():
             "action": action,
             "line": line,
         }
-        | {f"installed:{o.target.name}": o.state for o in activation.outcomes.values()}
+        | {f"installed:{o.target.name}": o.state for o in current.outcomes.values()}
     )

@@ -9,11 +9,14 @@ from types import ModuleType
 
 import pytest
 
-from vllm_moe_routing_plugin import policy, targets
+from vllm_moe_routing_plugin import bugs, patching, policy, targets
 
 ENABLE = policy.Decision("enable", "test")
+#: flashinfer#2822, as if it reached the stand-in target too.
 GUARD = policy.Decision(
-    "guard", "test", guard=policy.Guard((policy.FLASHINFER_2822,), "0.6.6")
+    "guard",
+    "test",
+    guard=policy.Guard((bugs.FLASHINFER_2822._replace(targets=("Experts",)),), "0.6.6"),
 )
 
 
@@ -95,7 +98,7 @@ def snapshot(cls):
 
 def test_known_shape_is_patched():
     cls = type("Good", (Good,), {})
-    outcome = targets.apply(TARGET, module_with(cls), ENABLE)
+    outcome = patching.apply(TARGET, module_with(cls), ENABLE)
     assert outcome.state == "patched"
     outcome.patch.undo()
 
@@ -118,7 +121,7 @@ def test_known_shape_is_patched():
 def test_unknown_shapes_are_left_alone_and_said(cls, methods, decision, why):
     cls = type(cls.__name__, (cls,), {})
     before = snapshot(cls)
-    outcome = targets.apply(TARGET, module_with(cls, methods), decision)
+    outcome = patching.apply(TARGET, module_with(cls, methods), decision)
     assert outcome.state == "unrecognised"
     assert outcome.detail.startswith("left alone: ")
     assert why in outcome.detail
@@ -132,7 +135,7 @@ def test_check_that_raises_something_else_is_left_alone():
         def _supports_routing_method(routing_method, weight_key, activation_key):
             raise KeyError("new quant key table")
 
-    outcome = targets.apply(TARGET, module_with(Raising), ENABLE)
+    outcome = patching.apply(TARGET, module_with(Raising), ENABLE)
     assert outcome.state == "unrecognised"
     assert "KeyError" in outcome.detail
     assert "_supports_routing_method" in vars(Raising)
@@ -144,4 +147,4 @@ def test_check_that_raises_something_else_is_left_alone():
 def test_missing_class_is_absent():
     module = ModuleType("future.module")
     module.RoutingMethodType = Methods
-    assert targets.apply(TARGET, module, ENABLE).state == "absent"
+    assert patching.apply(TARGET, module, ENABLE).state == "absent"

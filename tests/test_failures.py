@@ -10,12 +10,14 @@ import sys
 import pytest
 
 from vllm_moe_routing_plugin import (
+    activation,
+    checks,
+    envs,
     facts,
-    hook,
-    plugin,
+    import_hook,
+    patching,
     policy,
     register,
-    settings,
     targets,
 )
 
@@ -31,11 +33,11 @@ def boom(*args, **kwargs):
 pytestmark = pytest.mark.vllm(">=0.16")
 
 STEPS = [
-    (settings, "read", "reading settings"),
+    (envs, "read", "reading settings"),
     (facts, "read_gpus", "reading GPUs"),
     (facts, "read_versions", "reading package versions"),
     (policy, "decide", "deciding"),
-    (hook.ImportHook, "install", "installing the import hook"),
+    (import_hook.ImportHook, "install", "installing the import hook"),
 ]
 
 
@@ -50,7 +52,7 @@ def test_failing_step_is_one_warning(owner, name, step, monkeypatch, records):
     assert len(warnings) == 1, warnings
     assert f": {step} failed (" in warnings[0]
     assert warnings[0].endswith("; vLLM left unchanged")
-    assert plugin.current() is None
+    assert activation.current() is None
     assert sys.meta_path == meta_path
 
 
@@ -63,7 +65,7 @@ def test_failing_registration_with_vllm_is_a_warning_and_the_plugin_goes_on(
     warnings = records.lines(logging.WARNING)
     assert len(warnings) == 1
     assert "registering the plugin's variables with vLLM failed" in warnings[0]
-    assert plugin.current().decision.action == "not-applicable"
+    assert activation.current().decision.action == "not-applicable"
 
 
 def test_version_lookup_failure_does_not_escape(monkeypatch, records):
@@ -76,8 +78,8 @@ def test_version_lookup_failure_does_not_escape(monkeypatch, records):
 
 
 def test_failing_target_is_left_alone_and_reported(monkeypatch, records):
-    monkeypatch.setattr(targets, "probe", boom)
-    outcome = targets.apply(targets.TARGETS[0], sys.modules[__name__], _enable())
+    monkeypatch.setattr(checks, "locate", boom)
+    outcome = patching.apply(targets.TARGETS[0], sys.modules[__name__], _enable())
     assert outcome.state == "failed"
     assert "Boom: injected" in outcome.detail
     assert outcome.patch is None
@@ -92,7 +94,7 @@ def test_invalid_setting_is_a_warning_and_the_default(monkeypatch, records):
         "moe_routing: VLLM_MOE_ROUTING_PLUGIN_DISABLE='maybe' is not valid "
         "(expected one of 1/true/yes/on/0/false/no/off); using the default 0"
     ]
-    assert plugin.current().decision.action == "not-applicable"
+    assert activation.current().decision.action == "not-applicable"
 
 
 def _enable():

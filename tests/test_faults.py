@@ -21,13 +21,21 @@ from types import ModuleType
 
 import pytest
 
-from vllm_moe_routing_plugin import facts, hook, plugin, targets
+from vllm_moe_routing_plugin import (
+    activation,
+    checks,
+    facts,
+    import_hook,
+    patches,
+    targets,
+    vllm_source,
+)
 from vllm_support import SM100, import_target_modules
 
 pytestmark = pytest.mark.vllm(">=0.16")
 
 TALLY = {"injected": 0, "escaped": 0, "partial": 0}
-PROBE = targets.probe  # the real one, for checking after a fault was injected
+LOCATE = checks.locate  # the real one, for checking after a fault was injected
 
 
 class Fault(RuntimeError):
@@ -42,14 +50,14 @@ def imported_targets():
     """Import every target module this vLLM has, as vLLM does when it builds a
     MoE layer, and return the targets present with their original answers."""
     modules = import_target_modules()
-    found = {}
+    present = {}
     for target in targets.TARGETS:
         if target.module not in modules:
             continue
-        probe = PROBE(target, modules[target.module])
-        if probe is not None:
-            found[target] = (probe, probe.accepted(), dict(vars(probe.owner)))
-    return found
+        check = LOCATE(target, modules[target.module])
+        if check is not None:
+            present[target] = (check, check.accepted(), dict(vars(check.owner)))
+    return present
 
 
 TARGETS = None
@@ -80,18 +88,17 @@ def load_plugins(monkeypatch, records):
 def assert_whole(failed: set[targets.Target] = frozenset()) -> None:
     """Each target is either as vLLM wrote it or completely patched; the failed
     ones are as vLLM wrote them."""
-    activation = plugin.current()
-    for target, (probe, before, attributes) in present().items():
-        outcome = activation.outcomes.get(target) if activation else None
-        now = dict(vars(probe.owner))
+    current = activation.current()
+    for target, (check, before, attributes) in present().items():
+        outcome = current.outcomes.get(target) if current else None
+        now = dict(vars(check.owner))
         untouched = now == attributes
         patched = outcome is not None and outcome.state == "patched"
         if target in failed or not patched:
             if not untouched:
                 TALLY["partial"] += 1
             assert untouched, target.name
-            current = PROBE(target, probe.module)
-            assert current.accepted() == before, target.name
+            assert LOCATE(target, check.module).accepted() == before, target.name
         else:
             changed = {k for k in now if now[k] is not attributes.get(k)}
             expected = {outcome.patch.attr}
@@ -123,7 +130,7 @@ def test_metadata_lookup_fails(distribution, monkeypatch, records):
     warnings = load_plugins(monkeypatch, records)
     assert len(warnings) == 1, warnings
     assert "reading package versions failed (Fault: injected)" in warnings[0]
-    assert plugin.current() is None
+    assert activation.current() is None
     assert_whole()
 
 
@@ -163,7 +170,7 @@ def test_nvml_query_fails(failing, monkeypatch, records):
     warnings = load_plugins(monkeypatch, records)
     assert len(warnings) == 1, warnings
     assert "NVML query failed (Fault: injected)" in warnings[0]
-    assert plugin.current().decision.action == "not-applicable"
+    assert activation.current().decision.action == "not-applicable"
     assert_whole()
 
 
@@ -175,7 +182,7 @@ def test_nvml_init_fails_is_the_no_gpu_answer(monkeypatch, records):
     monkeypatch.setitem(sys.modules, "pynvml", fake_nvml("nvmlInit"))
     warnings = load_plugins(monkeypatch, records)
     assert warnings == []
-    decision = plugin.current().decision
+    decision = activation.current().decision
     assert decision.action == "not-applicable"
     assert "NVML unavailable (Fault: injected)" in decision.reason
     assert_whole()
@@ -187,17 +194,17 @@ def test_registration_with_vllm_envs_fails(monkeypatch, records):
     warnings = load_plugins(monkeypatch, records)
     assert len(warnings) == 1, warnings
     assert "registering the plugin's variables with vLLM failed" in warnings[0]
-    assert plugin.current() is not None  # the decision still stands
+    assert activation.current() is not None  # the decision still stands
     assert_whole()
 
 
 def test_logger_fails(monkeypatch, records):
     present()
-    monkeypatch.setattr(plugin.logger, "info", raise_fault)
+    monkeypatch.setattr(activation.logger, "info", raise_fault)
     warnings = load_plugins(monkeypatch, records)
     assert len(warnings) == 1, warnings
     assert "logging the decision failed (Fault: injected)" in warnings[0]
-    assert plugin.current() is None
+    assert activation.current() is None
     assert_whole()
 
 
@@ -222,16 +229,16 @@ def test_target_attribute_fails(operation, target_name, monkeypatch, records):
     if chosen is None:
         pytest.skip("no target in this vLLM")
     if operation == "read":
-        real = targets.probe
+        real = checks.locate
 
-        def probe(target, module):
+        def locate(target, module):
             if target is chosen:
                 raise Fault("injected")
             return real(target, module)
 
-        monkeypatch.setattr(targets, "probe", probe)
+        monkeypatch.setattr(checks, "locate", locate)
     else:
-        real_apply = targets.Patch.apply
+        real_apply = patches.Patch.apply
 
         def apply(self):
             if self.owner is present()[chosen][0].owner and (
@@ -240,7 +247,7 @@ def test_target_attribute_fails(operation, target_name, monkeypatch, records):
                 raise Fault("injected")
             return real_apply(self)
 
-        monkeypatch.setattr(targets.Patch, "apply", apply)
+        monkeypatch.setattr(patches.Patch, "apply", apply)
     # Take the decision that changes this target: enable or guard.
     _, before, _ = present()[chosen]
     accepts = all(
@@ -253,19 +260,19 @@ def test_target_attribute_fails(operation, target_name, monkeypatch, records):
     assert len(warnings) == 1, warnings
     assert warnings[0].startswith(f"moe_routing: {chosen.name} failed (left alone: ")
     assert "Fault: injected" in warnings[0]
-    assert plugin.current().outcomes[chosen].state == "failed"
+    assert activation.current().outcomes[chosen].state == "failed"
     assert_whole({chosen})
 
 
 def test_hook_fails_to_watch_an_import(monkeypatch, records):
     fp8 = "vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe"
-    if plugin.vllm_module_file(fp8) is None:
+    if vllm_source.vllm_module_file(fp8) is None:
         pytest.skip("no FP8 target module in this vLLM")
     present()
     monkeypatch.delitem(
         sys.modules, fp8
     )  # imported again below, as if for the first time
-    monkeypatch.setattr(hook, "_CallbackLoader", raise_fault)
+    monkeypatch.setattr(import_hook, "_CallbackLoader", raise_fault)
     warnings = load_plugins(monkeypatch, records)
     assert warnings == []
     module = __import__(fp8, fromlist=["_"])
@@ -273,7 +280,7 @@ def test_hook_fails_to_watch_an_import(monkeypatch, records):
     assert len(warnings) == 1, warnings
     assert f"watching the import of {fp8} failed (Fault: injected)" in warnings[0]
     assert not any(
-        targets.is_ours(v)
+        checks.is_ours(v)
         for cls in vars(module).values()
         if isinstance(cls, type)
         for v in vars(cls).values()

@@ -19,7 +19,7 @@ import pytest
 from packaging.version import Version
 
 from support import FLASHINFER, versions
-from vllm_moe_routing_plugin import plugin
+from vllm_moe_routing_plugin import activation
 from vllm_support import SM100, answer_sm100, key, module, moe_config, simulated
 
 pytestmark = pytest.mark.vllm(">=0.19")
@@ -70,9 +70,9 @@ def mxfp4_choice(num_experts, top_k):
 def activate_with_buggy_flashinfer():
     if INSTALLED_IS_BUGGY:
         print(f"FlashInfer {FLASHINFER} as installed")
-        return plugin.activate(SM100)
+        return activation.activate(SM100)
     print("FlashInfer 0.6.6 injected")
-    return plugin.activate(SM100, version_of=versions(flashinfer_python="0.6.6"))
+    return activation.activate(SM100, version_of=versions(flashinfer_python="0.6.6"))
 
 
 def test_nvfp4_oracle_leaves_the_fused_kernel_only_inside_the_envelope(sm100):
@@ -82,7 +82,7 @@ def test_nvfp4_oracle_leaves_the_fused_kernel_only_inside_the_envelope(sm100):
     assert nvfp4_choice(160, 8) != "TrtLlmNvFp4ExpertsMonolithic"
     assert nvfp4_choice(128, 8) == "TrtLlmNvFp4ExpertsMonolithic"  # Qwen3-30B-A3B
     assert nvfp4_choice(512, 10) == "TrtLlmNvFp4ExpertsMonolithic"  # Qwen3-Next
-    plugin.deactivate()
+    activation.deactivate()
     assert nvfp4_choice(256, 8) == "TrtLlmNvFp4ExpertsMonolithic"
 
 
@@ -99,8 +99,8 @@ def test_fixed_flashinfer_changes_nothing(sm100):
     nvfp4 = module(f"{EXPERTS}.trtllm_nvfp4_moe").TrtLlmNvFp4ExpertsMonolithic
     mxfp4 = module(f"{EXPERTS}.trtllm_mxfp4_moe").TrtLlmMxfp4ExpertsMonolithic
     before = (dict(vars(nvfp4)), dict(vars(mxfp4)))
-    activation = plugin.activate(SM100)
-    assert activation.decision.action == "enable"
+    current = activation.activate(SM100)
+    assert current.decision.action == "enable"
     assert (dict(vars(nvfp4)), dict(vars(mxfp4))) == before
     assert nvfp4_choice(256, 8) == "TrtLlmNvFp4ExpertsMonolithic"
     assert mxfp4_choice(256, 8) == "TrtLlmMxfp4ExpertsMonolithic"

@@ -17,7 +17,12 @@ from packaging.version import Version
 
 torch = pytest.importorskip("torch")
 
-from vllm_moe_routing_plugin import cases, cli, kernel_check, reference  # noqa: E402
+from vllm_moe_routing_plugin.diagnostics import (  # noqa: E402
+    cases,
+    kernel_check,
+    reference,
+    verify,
+)
 from vllm_moe_routing_plugin.facts import gpus_from_capabilities  # noqa: E402
 
 SMALL = kernel_check.Shape(hidden=256, intermediate=128)
@@ -308,12 +313,12 @@ def test_a_kernel_that_raises_first_is_not_run_and_later_fails_the_case():
     assert [run.passed for run in report.runs[:4]] == [True, True, True, False]
     assert report.runs[3].error.startswith("RuntimeError: CUDA error")
     assert len(report.runs) == len(FEW)
-    kernel = cli.summarise_kernel_check([report])
+    kernel = verify.summarise_kernel_check([report])
     json.loads(json.dumps(kernel), parse_constant=pytest.fail)  # strict JSON
     assert kernel["runs"][3]["min_cosine"] is None
     line = next(
         line
-        for line in cli.render_verify(
+        for line in verify.render(
             {
                 "verdict": "v",
                 "gpus": [],
@@ -345,7 +350,7 @@ def test_verify_reports_and_renders_the_kernel_check():
     module, _ = stand_in(bug=True)
     del module.trtllm_fp8_per_tensor_scale_routed_moe
     reports = kernel_check.check(FEW, (0, 6, 6), module, "cpu", SMALL)
-    kernel = cli.summarise_kernel_check(reports)
+    kernel = verify.summarise_kernel_check(reports)
     failing = sum(c.in_bug_envelope and negative_rows(c) > 0 for c in FEW)
     assert kernel["ran"] and kernel["failed_runs"] == 2 * failing
     assert kernel["pairs"]["fp8-per-tensor"] == {
@@ -358,25 +363,25 @@ def test_verify_reports_and_renders_the_kernel_check():
         "failed_runs": failing,
     }
     result = {
-        "verdict": cli.verdict({"ran": False}, kernel),
+        "verdict": verify.verdict({"ran": False}, kernel),
         "gpus": ["NVIDIA B200 sm_100"],
         "probe": {"ran": False, "not_run": "no nvcc"},
         "kernel": kernel,
     }
-    text = cli.render_verify(result)
+    text = verify.render(result)
     assert text.splitlines()[0].startswith("verdict: MISMATCH")
     assert f"kernel check: {2 * failing} of {2 * len(FEW)} runs failed" in text
     assert "  fp8-per-tensor: not run: this FlashInfer has no" in text
     assert "E160/k4/T5/randn-20" in text and "FAIL" in text
-    assert cli.verify_exit(result) == 1
+    assert verify.verify_exit(result) == 1
 
 
 def test_a_kernel_check_with_no_pair_says_why():
-    kernel = cli.summarise_kernel_check(
+    kernel = verify.summarise_kernel_check(
         [kernel_check.PairReport("bf16", (), "RuntimeError: no kernel for sm_120")]
     )
     assert kernel["not_run"] == "bf16: RuntimeError: no kernel for sm_120"
-    assert cli.verify_exit({"verdict": cli.verdict({"ran": False}, kernel)}) == 2
+    assert verify.verify_exit({"verdict": verify.verdict({"ran": False}, kernel)}) == 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

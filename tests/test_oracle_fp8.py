@@ -17,7 +17,7 @@ import pytest
 from packaging.version import Version
 
 from support import FLASHINFER
-from vllm_moe_routing_plugin import plugin
+from vllm_moe_routing_plugin import activation
 from vllm_support import SM100, answer_sm100, key, module, moe_config, simulated
 
 ORACLE = "vllm.model_executor.layers.fused_moe.oracle.fp8"
@@ -48,9 +48,9 @@ def qwen35_choice():
 @pytest.mark.flashinfer(">=0.6.7")
 def test_plugin_moves_qwen35_fp8_to_the_fused_kernel_on_0_19(sm100):
     assert qwen35_choice() == "TrtLlmFp8ExpertsModular"  # vLLM PR #37605
-    plugin.activate(SM100)
+    activation.activate(SM100)
     assert qwen35_choice() == "TrtLlmFp8ExpertsMonolithic"
-    plugin.deactivate()
+    activation.deactivate()
     assert qwen35_choice() == "TrtLlmFp8ExpertsModular"
 
 
@@ -58,5 +58,5 @@ def test_plugin_moves_qwen35_fp8_to_the_fused_kernel_on_0_19(sm100):
 def test_newest_vllm_chooses_the_fused_kernel_either_way(sm100):
     assert Version(FLASHINFER).release >= (0, 6, 7)
     assert qwen35_choice() == "TrtLlmFp8ExpertsMonolithic"  # vLLM PR #38859
-    assert plugin.activate(SM100).decision.action == "enable"
+    assert activation.activate(SM100).decision.action == "enable"
     assert qwen35_choice() == "TrtLlmFp8ExpertsMonolithic"

@@ -3,7 +3,7 @@
 
 import pytest
 
-from vllm_moe_routing_plugin import policy, settings
+from vllm_moe_routing_plugin import envs, policy
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
 
 B200 = gpus_from_capabilities([(10, 0)] * 8, "test")
@@ -16,7 +16,7 @@ def facts(flashinfer="0.6.7", gpus=B200, error=None, **others):
 
 
 def decide(f, **env):
-    return policy.decide(f, settings.read(env))
+    return policy.decide(f, envs.read(env))
 
 
 def test_disabled_wins_over_everything():

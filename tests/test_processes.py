@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from vllm_moe_routing_plugin import plugin
+from vllm_moe_routing_plugin import activation
 from vllm_support import SM100, run_python
 
 SPAWN_8 = """
@@ -17,9 +17,9 @@ import json, multiprocessing as mp, os
 def load(_):
     import vllm.plugins
     vllm.plugins.load_general_plugins()
-    from vllm_moe_routing_plugin import plugin
-    activation = plugin.current()
-    return os.getpid(), activation.decision.action, activation.line()
+    from vllm_moe_routing_plugin import activation
+    current = activation.current()
+    return os.getpid(), current.decision.action, current.line()
 
 if __name__ == "__main__":
     ctx = mp.get_context("spawn")
@@ -57,7 +57,7 @@ import vllm.plugins
 vllm.plugins.load_general_plugins()
 from vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe import (
     TrtLlmFp8ExpertsMonolithic as M)
-from vllm_moe_routing_plugin import plugin, register
+from vllm_moe_routing_plugin import activation, register
 parent = vars(M)["_supports_routing_method"]
 read, write = os.pipe()
 pid = os.fork()
@@ -75,7 +75,7 @@ if pid == 0:
             child.__func__._vllm_moe_routing_plugin_original,
             "_vllm_moe_routing_plugin_original"),
         "child_log": stream.getvalue(),
-        "activation_inherited": plugin.current() is not None,
+        "activation_inherited": activation.current() is not None,
     }
     os.write(write, json.dumps(report).encode())
     os._exit(0)
@@ -117,7 +117,7 @@ def test_plugin_variables_reach_ray_workers(environ, monkeypatch):
     # Not set in the environment: only the registration can bring them.
     for name in ("VLLM_MOE_ROUTING_PLUGIN_DISABLE", "VLLM_MOE_ROUTING_RENORMALIZE"):
         monkeypatch.delenv(name, raising=False)
-    plugin.activate(environ)
+    activation.activate(environ)
     copied = get_env_vars_to_copy()
     for name in (
         "VLLM_MOE_ROUTING_PLUGIN_DISABLE",

@@ -7,12 +7,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from packaging.version import Version
 
-from vllm_moe_routing_plugin import policy
-from vllm_moe_routing_plugin import settings as plugin_settings
+from vllm_moe_routing_plugin import envs, policy
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
 
 B200 = gpus_from_capabilities([(10, 0)], "test")
-VARIABLES = [v.name for v in plugin_settings.VARIABLES]
+VARIABLES = [v.name for v in envs.VARIABLES]
 REAL_WORLD = [
     "0.6.7+cu130",
     "0.6.7.post3",
@@ -29,12 +28,12 @@ REAL_WORLD = [
 
 def decide(version, **env):
     facts = Facts({"flashinfer-python": version}, B200)
-    return policy.decide(facts, plugin_settings.read(env))
+    return policy.decide(facts, envs.read(env))
 
 
 @given(name=st.sampled_from(VARIABLES), value=st.text())
 def test_any_value_of_any_variable_is_read_without_raising(name, value):
-    config = plugin_settings.read({name: value})
+    config = envs.read({name: value})
     assert config.renormalize in ("auto", "enable", "disable")
     assert isinstance(config.disabled, bool)
     for problem in config.problems:
@@ -49,12 +48,12 @@ def test_capabilities_not_major_minor_lists_are_rejected(value):
         and all(part.isascii() and part.isdigit() for part in item.split("."))
         for item in items
     )
-    config = plugin_settings.read({plugin_settings.DEVICE_CAPABILITY: value})
+    config = envs.read({envs.DEVICE_CAPABILITY_VAR: value})
     if well_formed:
         assert config.capabilities is not None and config.problems == ()
     else:
         assert config.capabilities is None
-        assert plugin_settings.DEVICE_CAPABILITY in config.problems[0]
+        assert envs.DEVICE_CAPABILITY_VAR in config.problems[0]
 
 
 @given(version=st.one_of(st.text(), st.sampled_from(REAL_WORLD)))

@@ -18,7 +18,11 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from vllm_moe_routing_plugin import cases, probe, reference  # noqa: E402
+from vllm_moe_routing_plugin.diagnostics import (  # noqa: E402
+    cases,
+    reference,
+    topk_probe,
+)
 
 DATA = Path(__file__).with_name("data")
 
@@ -100,16 +104,16 @@ def test_adversarial_cases():
     ("version", "layout"), [("0.6.6", "66"), ("0.6.7", "67"), ("0.7.4", "67")]
 )
 def test_header_layouts_of_real_flashinfer_headers(version, layout):
-    header = probe.find_header(DATA / f"flashinfer-{version}", None)
+    header = topk_probe.find_header(DATA / f"flashinfer-{version}", None)
     assert (header.layout, header.version) == (layout, version)
 
 
 def test_unknown_header_is_refused(tmp_path):
     (tmp_path / "RoutingKernelTopK.cuh").write_text("namespace other {}")
     with pytest.raises(
-        probe.NotRunnable, match="unsupported FlashInfer header version"
+        topk_probe.NotRunnable, match="unsupported FlashInfer header version"
     ):
-        probe.find_header(tmp_path, "9.9.9")
+        topk_probe.find_header(tmp_path, "9.9.9")
 
 
 STAND_IN = """
@@ -143,10 +147,10 @@ def stand_in(tmp_path, mode):
 
 @pytest.mark.parametrize(("mode", "failures"), [("right", 0), ("garbage", 4)])
 def test_probe_plumbing_with_a_stand_in_program(tmp_path, mode, failures):
-    header = probe.find_header(DATA / "flashinfer-0.6.6", None)
+    header = topk_probe.find_header(DATA / "flashinfer-0.6.6", None)
     selected = [cases.Case(e, k, 5, "shift", -5.0) for e in (128, 256) for k in (4, 10)]
     selected += [cases.Case(256, 8, 3, "tied")]
-    runs = probe.run(header, selected, binary=stand_in(tmp_path, mode))
+    runs = topk_probe.run(header, selected, binary=stand_in(tmp_path, mode))
     assert len(runs) == len(selected) * 2  # bf16 logits and fp32 softmax keys
     assert sum(not r.comparison.passed for r in runs) == failures
     for r in runs:
@@ -187,7 +191,7 @@ def test_verify_here_runs_nothing_and_exits_2():
 
 
 def test_verify_probe_table_renders():
-    from vllm_moe_routing_plugin import cli
+    from vllm_moe_routing_plugin.diagnostics import verify
 
     row = {
         "case": "E256/k8/T5/randn-5",
@@ -200,7 +204,7 @@ def test_verify_probe_table_renders():
         "passed": False,
     }
     result = {
-        "verdict": cli.verdict({"ran": True, "failed_runs": 1}, {"ran": False}),
+        "verdict": verify.verdict({"ran": True, "failed_runs": 1}, {"ran": False}),
         "gpus": ["NVIDIA H200 sm_90"],
         "probe": {
             "ran": True,
@@ -213,7 +217,7 @@ def test_verify_probe_table_renders():
         },
         "kernel": {"ran": False, "not_run": "needs SM100"},
     }
-    text = cli.render_verify(result)
+    text = verify.render(result)
     assert text.splitlines()[0].startswith("verdict: MISMATCH")
     assert "E256/k8/T5/randn-5" in text and "FAIL" in text
-    assert cli.verify_exit(result) == 1
+    assert verify.verify_exit(result) == 1

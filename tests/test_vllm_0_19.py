@@ -13,7 +13,7 @@ import pytest
 from packaging.version import Version
 
 from support import FLASHINFER, versions
-from vllm_moe_routing_plugin import plugin, register, targets
+from vllm_moe_routing_plugin import activation, register, targets, vllm_source
 from vllm_support import (
     BOTH,
     FP8,
@@ -52,8 +52,8 @@ def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
         "DeepSeekV3",
         "Simulated",
     }
-    activation = plugin.activate(SM100)
-    assert activation.decision.action == "enable"
+    current = activation.activate(SM100)
+    assert current.decision.action == "enable"
     check = fp8._supports_routing_method
     assert accepted(check, FP8_BLOCK) == {"DeepSeekV3", "Simulated"} | BOTH
     assert accepted(check, MXFP8) == {"DeepSeekV3", "Simulated"} | BOTH
@@ -62,15 +62,15 @@ def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
     )
     with pytest.raises(ValueError, match="Unsupported quantization scheme"):
         check(methods().Renormalize, None, None)
-    plugin.deactivate()
+    activation.deactivate()
     assert vars(fp8)["_supports_routing_method"] is raw
 
 
 @fixed_flashinfer
 def test_enable_leaves_the_bf16_function_native(functions):
     original = functions._supports_routing_method_bf16
-    activation = plugin.activate(SM100)
-    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    current = activation.activate(SM100)
+    states = {o.target.name: o.state for o in current.outcomes.values()}
     assert states["flashinfer_trtllm_moe._supports_routing_method_bf16"] == "native"
     assert functions._supports_routing_method_bf16 is original
 
@@ -81,15 +81,15 @@ def test_guard_removes_both_methods_from_the_bf16_function(injected, functions, 
         pytest.skip("installed FlashInfer is fixed; the injected case covers it")
     raw_fp8 = vars(fp8)["_supports_routing_method"]
     original = functions._supports_routing_method_bf16
-    activation = plugin.activate(SM100, version_of=BUGGY if injected else versions())
-    assert activation.decision.action == "guard"
+    current = activation.activate(SM100, version_of=BUGGY if injected else versions())
+    assert current.decision.action == "guard"
     check = functions._supports_routing_method_bf16
     assert accepted(check, call="function") == {"Default", "DeepSeekV3", "Llama4"}
     # vLLM 0.19.1 already refuses both for FP8 monolithic: nothing to do there.
-    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    states = {o.target.name: o.state for o in current.outcomes.values()}
     assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
     assert vars(fp8)["_supports_routing_method"] is raw_fp8
-    plugin.deactivate()
+    activation.deactivate()
     assert functions._supports_routing_method_bf16 is original
 
 
@@ -103,8 +103,8 @@ def test_guard_removes_both_methods_from_the_bf16_function(injected, functions, 
 def test_not_applicable_and_disabled_change_nothing(environ, fp8, functions, records):
     raw = vars(fp8)["_supports_routing_method"]
     bf16 = functions._supports_routing_method_bf16
-    activation = plugin.activate(environ)
-    assert activation.decision.action in ("not-applicable", "disabled")
+    current = activation.activate(environ)
+    assert current.decision.action in ("not-applicable", "disabled")
     assert vars(fp8)["_supports_routing_method"] is raw
     assert functions._supports_routing_method_bf16 is bf16
     assert accepted(fp8._supports_routing_method, FP8_BLOCK) == {
@@ -119,9 +119,9 @@ def test_no_gpu_from_nvml_is_not_applicable(fp8):
         def nvmlInit(self):
             raise RuntimeError("Driver Not Loaded")
 
-    activation = plugin.activate({}, nvml=NoDriver())
-    assert activation.decision.action == "not-applicable"
-    assert "Driver Not Loaded" in activation.decision.reason
+    current = activation.activate({}, nvml=NoDriver())
+    assert current.decision.action == "not-applicable"
+    assert "Driver Not Loaded" in current.decision.reason
     assert accepted(fp8._supports_routing_method, FP8_BLOCK) == {
         "DeepSeekV3",
         "Simulated",
@@ -151,7 +151,7 @@ def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, recor
 def test_plugin_variables_are_registered_with_vllm():
     import vllm.envs
 
-    plugin.activate(SM100)
+    activation.activate(SM100)
     for name in (
         "VLLM_MOE_ROUTING_PLUGIN_DISABLE",
         "VLLM_MOE_ROUTING_RENORMALIZE",
@@ -199,21 +199,21 @@ def test_vllm_loader_finds_the_plugin_and_patches_lazily():
 def test_a_module_that_outlived_its_target_is_not_watched_for():
     fp4 = "vllm.model_executor.layers.quantization.utils.flashinfer_fp4_moe"
     fp8 = "vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe"
-    assert plugin.vllm_has_module(fp4)
-    assert not plugin.vllm_defines(fp4, targets.defined_names(fp4))
+    assert vllm_source.vllm_has_module(fp4)
+    assert not vllm_source.vllm_defines(fp4, targets.defined_names(fp4))
     assert targets.defined_names(fp8) == (
         "TrtLlmFp8ExpertsMonolithic",
         "TrtLlmFp8Experts",
     )
-    assert plugin.vllm_defines(fp8, targets.defined_names(fp8))
-    assert not plugin.vllm_defines(fp8, ("TrtLlmFp8Experts",))  # 0.17's class
+    assert vllm_source.vllm_defines(fp8, targets.defined_names(fp8))
+    assert not vllm_source.vllm_defines(fp8, ("TrtLlmFp8Experts",))  # 0.17's class
 
 
 def test_an_unreadable_vllm_source_counts_as_defining(monkeypatch, tmp_path):
     unreadable = tmp_path / "module.py"
     unreadable.write_bytes(b"\xff\xfe not utf-8")
-    monkeypatch.setattr(plugin, "vllm_module_file", lambda name: str(unreadable))
-    assert plugin.vllm_defines("vllm.any", ("Anything",))
+    monkeypatch.setattr(vllm_source, "vllm_module_file", lambda name: str(unreadable))
+    assert vllm_source.vllm_defines("vllm.any", ("Anything",))
 
 
 def test_vllm_plugins_allow_list_excludes_the_plugin():

@@ -7,7 +7,7 @@ moves exactly the layers the bug reaches off the fused kernel."""
 import pytest
 
 from support import versions
-from vllm_moe_routing_plugin import plugin
+from vllm_moe_routing_plugin import activation
 from vllm_support import (
     BF16,
     BOTH,
@@ -46,9 +46,9 @@ def snapshot(classes):
 
 def test_enable_is_native_and_replaces_nothing(classes, records):
     before = snapshot(classes)
-    activation = plugin.activate(SM100)
-    assert activation.decision.action == "enable"
-    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    current = activation.activate(SM100)
+    assert current.decision.action == "enable"
+    states = {o.target.name: o.state for o in current.outcomes.values()}
     assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
     assert states["TrtLlmBf16ExpertsMonolithic"] == "native"
     assert snapshot(classes) == before
@@ -75,8 +75,8 @@ def test_guard_refuses_only_layers_inside_the_bug_envelope(
     assert supported(monolithic, qwen35, scheme) == (True, None)
     modular = classes[f"{cls}-modular"]
     modular_before = supported(modular, qwen35, scheme)
-    activation = plugin.activate(SM100, version_of=BUGGY)
-    assert activation.decision.action == "guard"
+    current = activation.activate(SM100, version_of=BUGGY)
+    assert current.decision.action == "guard"
     ok, reason = supported(monolithic, qwen35, scheme)
     assert not ok
     assert reason == (
@@ -93,24 +93,24 @@ def test_guard_refuses_only_layers_inside_the_bug_envelope(
         assert supported(monolithic, deepseek, scheme) == (True, None)
     # The modular class routes in PyTorch: its answer is vLLM's own.
     assert supported(modular, qwen35, scheme) == modular_before
-    plugin.deactivate()
+    activation.deactivate()
     assert supported(monolithic, qwen35, scheme) == (True, None)
 
 
 def test_guard_is_undone_exactly(classes):
     before = snapshot(classes)
-    activation = plugin.activate(SM100, version_of=BUGGY)
-    states = {o.target.name: o.state for o in activation.outcomes.values()}
+    current = activation.activate(SM100, version_of=BUGGY)
+    states = {o.target.name: o.state for o in current.outcomes.values()}
     assert states["TrtLlmFp8ExpertsMonolithic"] == "patched"
     assert states["TrtLlmBf16ExpertsMonolithic"] == "patched"
     assert "is_supported_config" in vars(classes["fp8"])
-    plugin.deactivate()
+    activation.deactivate()
     assert snapshot(classes) == before
 
 
 def test_forced_disable_refuses_every_shape(classes, monkeypatch):
     answer_sm100(monkeypatch, FP8, BF16)
-    plugin.activate({**SM100, "VLLM_MOE_ROUTING_RENORMALIZE": "disable"})
+    activation.activate({**SM100, "VLLM_MOE_ROUTING_RENORMALIZE": "disable"})
     ok, reason = supported(classes["fp8"], moe_config(128, 8), FP8_BLOCK)
     assert not ok
     assert "VLLM_MOE_ROUTING_RENORMALIZE=disable" in reason
@@ -122,7 +122,7 @@ def test_routing_checks_and_their_errors_are_unchanged_under_guard(classes):
     from vllm_support import methods
 
     before = {s: accepted(check, s) for s in (FP8_BLOCK, FP8_PER_TENSOR)}
-    plugin.activate(SM100, version_of=BUGGY)
+    activation.activate(SM100, version_of=BUGGY)
     after = {s: accepted(classes["fp8"]._supports_routing_method, s) for s in before}
     assert after == before
     with pytest.raises(ValueError, match="Unsupported quantization scheme"):

@@ -35,12 +35,12 @@ def import_target_modules() -> dict:
     MoE layers (so an active plugin patches them at once); by name."""
     import vllm  # noqa: F401 - vllm_module_file looks in the imported package
 
-    from vllm_moe_routing_plugin import plugin, targets
+    from vllm_moe_routing_plugin import targets, vllm_source
 
     return {
         name: module(name)
         for name in targets.target_modules()
-        if plugin.vllm_module_file(name) is not None
+        if vllm_source.vllm_module_file(name) is not None
     }
 
 

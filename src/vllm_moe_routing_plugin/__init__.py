@@ -1,16 +1,34 @@
 # SPDX-License-Identifier: Apache-2.0
-"""vLLM plugin that aligns the routing support of FlashInfer's fused TRT-LLM
-MoE kernels with the installed FlashInfer and GPU.
+"""vLLM plugin that lets FlashInfer's fused TRT-LLM MoE kernels route
+Renormalize / RenormalizeNaive layers only where the installed FlashInfer
+routes them correctly.
 
 Entry point ``moe_routing`` in the ``vllm.general_plugins`` group. Importing
 this package imports nothing from vLLM, FlashInfer, torch or NVML.
+
+The runtime (what vLLM loads in every process), one way from facts to report::
+
+    about, errors, vllm_source     shared pieces at the bottom
+    envs                           the plugin's environment variables
+    facts                          package versions and GPUs, read without side effects
+    bugs                           the known-bug catalogue (data)
+    policy                         facts + settings + catalogue -> decision (pure)
+    targets                        where each vLLM release keeps a routing check (data)
+    checks                         finding a check in a module and asking it
+    patches                        the replacements: why, how, upstream PR, remove when
+    patching                       one target brought in line with the decision
+    import_hook, log_line          patch on import; the INFO line
+    activation                     one process: the steps above, never raising
+
+The diagnostics (``vllm-moe-routing status`` and ``verify``) live in
+``diagnostics/``; they use the runtime, never the reverse.
 """
 
 from __future__ import annotations
 
-__all__ = ["__version__", "register"]
+from .about import __version__
 
-__version__ = "0.1.0"
+__all__ = ["__version__", "register"]
 
 
 def register() -> None:
@@ -18,7 +36,7 @@ def register() -> None:
 
     1. read the plugin's environment variables (invalid ones: WARNING, default);
     2. register them with vLLM, so it neither warns nor drops them for Ray;
-    3. read package versions and GPU capabilities (importlib.metadata, NVML);
+    3. read GPU capabilities (NVML) and, on SM100/SM103, package versions;
     4. decide: disabled / not-applicable / unknown / enable / guard;
     5. patch the routing checks of the target modules vLLM has imported, and
        watch for the others;
@@ -28,7 +46,7 @@ def register() -> None:
     exceptions from general plugins, and one would stop the engine from starting.
     """
     try:
-        from . import plugin
+        from . import activation
     except Exception as exc:  # a broken install: say so, never stop vLLM
         import logging
 
@@ -37,8 +55,8 @@ def register() -> None:
         )
         return
     try:
-        plugin.activate()
-    except plugin.StepFailed as exc:
-        plugin.warn(exc.step, exc.error)
+        activation.activate()
+    except activation.StepFailed as exc:
+        activation.warn(exc.step, exc.error)
     except Exception as exc:
-        plugin.warn("activating", exc)
+        activation.warn("activating", exc)

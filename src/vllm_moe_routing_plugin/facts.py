@@ -20,8 +20,8 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from .report import describe_error
-from .settings import DEVICE_CAPABILITY, Capability
+from .envs import DEVICE_CAPABILITY_VAR, Capability
+from .errors import describe_error
 
 VLLM = "vllm"
 TORCH = "torch"
@@ -216,7 +216,7 @@ def gather(
     environ: Mapping[str, str] | None = None,
     *,
     capabilities: Sequence[Capability] | None = None,
-    capability_source: str = DEVICE_CAPABILITY,
+    capability_source: str = DEVICE_CAPABILITY_VAR,
     version_of: VersionOf = installed_version,
     nvml: Any = None,
     distributions: Sequence[str] = DISTRIBUTIONS,
@@ -230,7 +230,7 @@ def gather(
 def read_gpus(
     environ: Mapping[str, str] | None = None,
     capabilities: Sequence[Capability] | None = None,
-    capability_source: str = DEVICE_CAPABILITY,
+    capability_source: str = DEVICE_CAPABILITY_VAR,
     nvml: Any = None,
 ) -> GpuReading:
     """The GPUs: ``capabilities`` (from the override variable or a what-if flag)

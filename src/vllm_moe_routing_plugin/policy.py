@@ -1,25 +1,28 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Facts + settings -> one decision. Pure: imports nothing from vLLM or FlashInfer.
+"""Facts + settings + the known-bug catalogue -> one decision.
 
-The decision table is the one in the README ("What the plugin decides"). The
-FlashInfer bugs the guard protects against are data (``KNOWN_BUGS``): a future
-known-bad range is one more row.
+Pure: imports nothing from vLLM or FlashInfer, and reads only what it is
+handed (``decide``) or what the decision can use (``decide_here``). The
+decision table is the README's ("What the plugin decides").
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Literal, NamedTuple
 
 from packaging.version import InvalidVersion, Version
 
+from .bugs import KNOWN_BUGS, RENORMALIZE_METHODS, KnownBug
+from .envs import DISABLE_VAR, RENORMALIZE_VAR, Settings
 from .facts import (
     FLASHINFER,
     FLASHINFER_CUBIN,
     FLASHINFER_JIT_CACHE,
     Facts,
     Gpu,
+    GpuReading,
 )
-from .settings import DISABLE, RENORMALIZE, Settings
 
 Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
 
@@ -27,59 +30,6 @@ Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
 #: and vLLM's ``_supports_current_device`` accepts (family 100: B200/GB200 are
 #: 10.0, B300/GB300 are 10.3).
 SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
-
-#: The routing methods this plugin is about (vLLM ``RoutingMethodType`` names).
-METHODS: tuple[str, ...] = ("Renormalize", "RenormalizeNaive")
-
-
-class KnownBug(NamedTuple):
-    """A FlashInfer release range whose in-kernel routing is wrong for some shapes."""
-
-    reference: str
-    summary: str
-    fixed_in: tuple[int, ...]
-    methods: tuple[str, ...]
-    experts_above: int
-    experts_at_most: int
-    top_k_below: int
-
-    def reaches_version(self, version: Version) -> bool:
-        return version.release < self.fixed_in
-
-    def reaches_shape(self, num_experts: int, top_k: int) -> bool:
-        return (
-            self.experts_above < num_experts <= self.experts_at_most
-            and top_k < self.top_k_below
-        )
-
-    @property
-    def shape(self) -> str:
-        return (
-            f"{self.experts_above} < experts <= {self.experts_at_most} "
-            f"with top_k < {self.top_k_below}"
-        )
-
-    @property
-    def fixed_in_text(self) -> str:
-        return ".".join(str(part) for part in self.fixed_in)
-
-
-#: flashinfer#2822: the two-stage warp top-k of the routing kernels (introduced
-#: by flashinfer#1831) let uninitialised candidates into the top-k when
-#: 128 < experts <= 512 and top_k < 10; with all-negative logits (Qwen3.5) the
-#: kernel picks garbage experts. Fixed by flashinfer#2744, first released in
-#: 0.6.7. vLLM removed the methods for FP8 in #37605 and restored them in #38859.
-FLASHINFER_2822 = KnownBug(
-    reference="flashinfer#2822",
-    summary="routes Renormalize wrongly",
-    fixed_in=(0, 6, 7),
-    methods=METHODS,
-    experts_above=128,
-    experts_at_most=512,
-    top_k_below=10,
-)
-
-KNOWN_BUGS: tuple[KnownBug, ...] = (FLASHINFER_2822,)
 
 
 class Guard(NamedTuple):
@@ -98,23 +48,22 @@ class Guard(NamedTuple):
     def refuses(self, num_experts: int | None, top_k: int | None) -> bool:
         if self.everywhere or num_experts is None or top_k is None:
             return True
-        return any(bug.reaches_shape(num_experts, top_k) for bug in self.bugs)
+        return any(bug.envelope.contains(num_experts, top_k) for bug in self.bugs)
 
     def reason(self, num_experts: int | None = None, top_k: int | None = None) -> str:
         """The sentence vLLM prints after "does not support the deployment
         configuration since"."""
         if self.everywhere:
-            return (
-                f"{RENORMALIZE}=disable refuses in-kernel {'/'.join(METHODS)} routing"
-            )
+            methods = "/".join(RENORMALIZE_METHODS)
+            return f"{RENORMALIZE_VAR}=disable refuses in-kernel {methods} routing"
         shape = (
             f"{num_experts} experts, top_k {top_k}"
             if num_experts is not None and top_k is not None
             else "unknown layer shape"
         )
         return "; ".join(
-            f"FlashInfer {self.flashinfer} {bug.summary} for {bug.shape} "
-            f"({bug.reference}; fixed in {bug.fixed_in_text}; this layer: {shape})"
+            f"FlashInfer {self.flashinfer} {bug.wrong} for {bug.envelope} "
+            f"({bug.id}; fixed in {bug.fixed_in_text}; this layer: {shape})"
             for bug in self.bugs
         )
 
@@ -122,7 +71,7 @@ class Guard(NamedTuple):
     def scope(self) -> str:
         if self.everywhere:
             return "all shapes"
-        return "; ".join(bug.shape for bug in self.bugs)
+        return "; ".join(str(bug.envelope) for bug in self.bugs)
 
 
 class Decision(NamedTuple):
@@ -228,7 +177,7 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     """The decision table of the README, top row first."""
     notes = companion_notes(facts)
     if settings.disabled:
-        return Decision("disabled", f"{DISABLE}=1", notes=notes)
+        return Decision("disabled", f"{DISABLE_VAR}=1", notes=notes)
     if not facts.gpus:
         return Decision(
             "not-applicable",
@@ -245,26 +194,45 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     version, found = _flashinfer_in_use(facts)
     if settings.renormalize == "enable":
         return Decision(
-            "enable", f"forced by {RENORMALIZE}=enable; {gpus}", notes=notes
+            "enable", f"forced by {RENORMALIZE_VAR}=enable; {gpus}", notes=notes
         )
     if settings.renormalize == "disable":
         return Decision(
             "guard",
-            f"forced by {RENORMALIZE}=disable; {gpus}",
+            f"forced by {RENORMALIZE_VAR}=disable; {gpus}",
             guard=Guard(bugs=(), flashinfer=str(version) if version else None),
             notes=notes,
         )
     if version is None:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
-    bugs = tuple(bug for bug in KNOWN_BUGS if bug.reaches_version(version))
+    bugs = tuple(bug for bug in KNOWN_BUGS if bug.reaches_release(version.release))
     if not bugs:
         floor = max(KNOWN_BUGS, key=lambda bug: bug.fixed_in).fixed_in_text
         return Decision("enable", f"{found} >= {floor}; {gpus}", notes=notes)
     floor = max(bugs, key=lambda bug: bug.fixed_in).fixed_in_text
-    references = ", ".join(bug.reference for bug in bugs)
+    references = ", ".join(bug.id for bug in bugs)
     return Decision(
         "guard",
         f"{found} < {floor} ({references}); {gpus}",
         guard=Guard(bugs=bugs, flashinfer=str(version)),
         notes=notes,
     )
+
+
+def decide_here(
+    settings: Settings,
+    read_gpus: Callable[[], GpuReading],
+    read_versions: Callable[[], Mapping[str, str | None]],
+) -> tuple[Facts, Decision]:
+    """Read only the facts the decision can use, then decide: a disabled
+    plugin reads nothing, and package versions are read only where every GPU
+    runs the fused kernels (elsewhere they decide nothing, and reading them
+    costs ``register()`` time in every vLLM process)."""
+    found = Facts({}, ())
+    if not settings.disabled:
+        gpus = read_gpus()
+        versions: Mapping[str, str | None] = {}
+        if runs_fused_kernels(gpus.gpus):
+            versions = read_versions()
+        found = Facts(versions, gpus.gpus, gpus.error, gpus.failed)
+    return found, decide(found, settings)

@@ -37,18 +37,18 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..errors import describe_error
+from ..facts import Gpu
+from ..policy import SUPPORTED_CAPABILITIES
 from . import reference
 from .cases import Case
-from .facts import Gpu
-from .policy import SUPPORTED_CAPABILITIES
-from .report import describe_error
 
 if TYPE_CHECKING:
     import torch
 
 COSINE_FLOOR = 0.99
 #: ``flashinfer.fused_moe.RoutingMethodType.Renormalize``.
-RENORMALIZE = 1
+ROUTING_METHOD_RENORMALIZE = 1
 #: ``flashinfer.fused_moe.WeightLayout``: MajorK ``[E, M, K]`` and BlockMajorK
 #: ``[E, K / 128, M, 128]``.
 MAJOR_K = 0
@@ -315,7 +315,7 @@ def shared_arguments(
         "local_expert_offset": 0,
         "local_num_experts": case.experts,
         "routed_scaling_factor": None,
-        "routing_method_type": RENORMALIZE,
+        "routing_method_type": ROUTING_METHOD_RENORMALIZE,
     }
 
 

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The plugin's environment variables: one table, parsing, registration with vLLM.
+"""The plugin's environment variables: one table, parsing, registration with vLLM
+(the shape of vLLM's own ``vllm/envs.py``).
 
 Values are read from ``os.environ`` (or a mapping handed in) when the plugin
 runs, not through ``vllm.envs``: vLLM can freeze its own variables after start-up
@@ -14,9 +15,9 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, NamedTuple
 
-DISABLE = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
-RENORMALIZE = "VLLM_MOE_ROUTING_RENORMALIZE"
-DEVICE_CAPABILITY = "VLLM_MOE_ROUTING_DEVICE_CAPABILITY"
+DISABLE_VAR = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
+RENORMALIZE_VAR = "VLLM_MOE_ROUTING_RENORMALIZE"
+DEVICE_CAPABILITY_VAR = "VLLM_MOE_ROUTING_DEVICE_CAPABILITY"
 
 Renormalize = Literal["auto", "enable", "disable"]
 Capability = tuple[int, int]
@@ -82,21 +83,21 @@ class Variable(NamedTuple):
 
 VARIABLES: tuple[Variable, ...] = (
     Variable(
-        DISABLE,
+        DISABLE_VAR,
         False,
         _parse_bool,
         "1/true/yes/on, 0/false/no/off",
         "1: the plugin changes nothing and only logs that it is disabled",
     ),
     Variable(
-        RENORMALIZE,
+        RENORMALIZE_VAR,
         "auto",
         _parse_renormalize,
         "auto, enable, disable",
         "override the FlashInfer-version decision (still only on SM100/SM103)",
     ),
     Variable(
-        DEVICE_CAPABILITY,
+        DEVICE_CAPABILITY_VAR,
         None,
         parse_capabilities,
         "10.0, 10.3, ... (comma list for several GPUs)",
@@ -166,9 +167,9 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
             readings.append(Reading(variable.name, raw, value))
     by_name = {r.name: r.value for r in readings}
     return Settings(
-        disabled=by_name[DISABLE],
-        renormalize=by_name[RENORMALIZE],
-        capabilities=by_name[DEVICE_CAPABILITY],
+        disabled=by_name[DISABLE_VAR],
+        renormalize=by_name[RENORMALIZE_VAR],
+        capabilities=by_name[DEVICE_CAPABILITY_VAR],
         readings=tuple(readings),
     )
 

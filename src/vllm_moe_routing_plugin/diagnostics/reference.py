@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     import torch
 
 Method = Literal["vllm", "renormalize", "renormalize_naive"]
-Version = tuple[int, ...]
+Release = tuple[int, ...]  # a FlashInfer Version.release, e.g. (0, 6, 7)
 
 #: FlashInfer 0.6.8 reads fp32 logits as fp32 and runs RenormalizeNaive as
 #: Renormalize (flashinfer#2534, #2803).
@@ -40,7 +40,7 @@ WEIGHT_ATOL = 1e-2
 WEIGHT_RTOL = 1.6e-2
 
 
-def keys(logits: torch.Tensor, method: Method, flashinfer: Version) -> torch.Tensor:
+def keys(logits: torch.Tensor, method: Method, flashinfer: Release) -> torch.Tensor:
     """The values the kernel's top-K compares, as fp32 (exactly representable)."""
     import torch
 
@@ -61,7 +61,7 @@ def top_k(values: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def route(
-    logits: torch.Tensor, k: int, method: Method, flashinfer: Version = (0, 7, 4)
+    logits: torch.Tensor, k: int, method: Method, flashinfer: Release = (0, 7, 4)
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Expert ids (int64 [T, k], descending key order) and fp32 weights [T, k]."""
     import torch

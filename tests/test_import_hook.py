@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from vllm_moe_routing_plugin.hook import ImportHook
+from vllm_moe_routing_plugin.import_hook import ImportHook
 
 
 @pytest.fixture

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...facts import FLASHINFER, installed_version
 from .. import reference
 from ..cases import Case
-from ..facts import FLASHINFER, installed_version
 
 HEADER = "RoutingKernelTopK.cuh"
 SOURCE = Path(__file__).with_name("topk_probe.cu")
@@ -48,7 +48,7 @@ class Header:
 
     @property
     def release(self) -> tuple[int, ...]:
-        from ..policy import parse_version
+        from ...policy import parse_version
 
         parsed = parse_version(self.version)
         if parsed is not None:

@@ -1,23 +1,23 @@
 # SPDX-License-Identifier: Apache-2.0
 import pytest
 
-from vllm_moe_routing_plugin import settings
+from vllm_moe_routing_plugin import envs
 
 
 @pytest.mark.parametrize("raw", ["1", "true", "YES", " on ", "True"])
 def test_disable_accepts_true_spellings(raw):
-    assert settings.read({settings.DISABLE: raw}).disabled is True
+    assert envs.read({envs.DISABLE_VAR: raw}).disabled is True
 
 
 @pytest.mark.parametrize("raw", ["0", "false", "No", " OFF ", ""])
 def test_disable_accepts_false_spellings(raw):
-    config = settings.read({settings.DISABLE: raw})
+    config = envs.read({envs.DISABLE_VAR: raw})
     assert config.disabled is False
     assert config.problems == ()
 
 
 def test_invalid_value_names_variable_and_value_and_uses_default():
-    config = settings.read({settings.DISABLE: "maybe", settings.RENORMALIZE: "force"})
+    config = envs.read({envs.DISABLE_VAR: "maybe", envs.RENORMALIZE_VAR: "force"})
     assert config.disabled is False
     assert config.renormalize == "auto"
     assert len(config.problems) == 2
@@ -30,7 +30,7 @@ def test_invalid_value_names_variable_and_value_and_uses_default():
     [("auto", "auto"), ("ENABLE", "enable"), (" disable ", "disable")],
 )
 def test_renormalize_values(raw, value):
-    assert settings.read({settings.RENORMALIZE: raw}).renormalize == value
+    assert envs.read({envs.RENORMALIZE_VAR: raw}).renormalize == value
 
 
 @pytest.mark.parametrize(
@@ -42,20 +42,20 @@ def test_renormalize_values(raw, value):
     ],
 )
 def test_capabilities(raw, value):
-    assert settings.read({settings.DEVICE_CAPABILITY: raw}).capabilities == value
+    assert envs.read({envs.DEVICE_CAPABILITY_VAR: raw}).capabilities == value
 
 
 @pytest.mark.parametrize(
     "raw", ["sm_100", "10", "10.", ".0", "10.0,", "ten.zero", "\u0661\u0660.\u0660"]
 )
 def test_capabilities_rejected(raw):
-    config = settings.read({settings.DEVICE_CAPABILITY: raw})
+    config = envs.read({envs.DEVICE_CAPABILITY_VAR: raw})
     assert config.capabilities is None
-    assert config.problems and settings.DEVICE_CAPABILITY in config.problems[0]
+    assert config.problems and envs.DEVICE_CAPABILITY_VAR in config.problems[0]
 
 
 def test_defaults_when_unset():
-    config = settings.read({})
+    config = envs.read({})
     assert (config.disabled, config.renormalize, config.capabilities) == (
         False,
         "auto",

@@ -7,34 +7,32 @@ catch what a plugin function raises (``vllm/plugins/__init__.py``), so every
 step here is guarded: a failure becomes one WARNING naming the step, and vLLM
 is left as it was.
 
-It is also cheap (budgets in README "Performance"): the modules that patch
-(``targets``, ``hook``) are imported only when the decision may change vLLM,
-and the records are NamedTuples, which Python builds faster than dataclasses.
+It is also cheap (budgets in docs/performance.md): the modules that patch
+(``targets``, ``patching``, ``import_hook``) are imported only when the
+decision may change vLLM, and the records are NamedTuples, which Python
+builds faster than dataclasses.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import __version__, policy, report, settings
-from . import facts as facts_
-from .report import describe_error
+from . import envs, facts, log_line, policy
+from .about import LOGGER, PLUGIN, __version__
+from .errors import describe_error
 
 if TYPE_CHECKING:
-    from . import targets
-    from .hook import ImportHook
+    from .import_hook import ImportHook
+    from .patching import Outcome
+    from .targets import Target
 
-#: Under vLLM's ``vllm`` logger, whose handler is the one ``vllm serve`` prints
-#: through (it does not propagate; a logger outside ``vllm.`` is not shown).
-logger = logging.getLogger("vllm.moe_routing")
+logger = logging.getLogger(LOGGER)
 
 
 class StepFailed(Exception):
@@ -50,6 +48,8 @@ class StepFailed(Exception):
 def step(name: str) -> Iterator[None]:
     try:
         yield
+    except StepFailed:
+        raise
     except Exception as exc:
         raise StepFailed(name, exc) from exc
 
@@ -60,15 +60,15 @@ class Activation:
     def __init__(
         self,
         version: str,
-        config: settings.Settings,
-        facts: facts_.Facts,
+        settings: envs.Settings,
+        found: facts.Facts,
         decision: policy.Decision,
     ) -> None:
         self.version = version
-        self.settings = config
-        self.facts = facts
+        self.settings = settings
+        self.facts = found
         self.decision = decision
-        self.outcomes: dict[targets.Target, targets.Outcome] = {}
+        self.outcomes: dict[Target, Outcome] = {}
         self.pending: set[str] = set()
         self.hook: ImportHook | None = None
         self.line_logged = False
@@ -83,27 +83,27 @@ class Activation:
             self.undo()
             warn(f"patching {module.__name__} on import", exc)
 
-    def apply_module(self, module: ModuleType) -> list[targets.Outcome]:
-        from . import targets
+    def apply_module(self, module: ModuleType) -> list[Outcome]:
+        from . import patching, targets
 
         self.pending.discard(module.__name__)
         found = []
         for target in targets.TARGETS:
             if target.module == module.__name__:
-                outcome = targets.apply(target, module, self.decision)
+                outcome = patching.apply(target, module, self.decision)
                 self.outcomes[target] = outcome
                 found.append(outcome)
         for outcome in found:
             if outcome.state in ("unrecognised", "failed"):
-                logger.warning("%s: %s", report.PLUGIN, report.describe(outcome))
+                logger.warning("%s: %s", PLUGIN, log_line.describe(outcome))
         return found
 
     def line(self) -> str:
-        return report.decision_line(
+        return log_line.decision_line(
             self.version, self.decision, self.outcomes.values(), self.pending
         )
 
-    def report(self, new: list[targets.Outcome] | None = None) -> None:
+    def report(self, new: list[Outcome] | None = None) -> None:
         """Log the decision line once logging is up; after that, a short line
         for targets patched on import."""
         if not _logging_ready():
@@ -112,7 +112,7 @@ class Activation:
             self.line_logged = True
             logger.info("%s", self.line())
         elif new and any(o.state not in ("absent", "untouched") for o in new):
-            logger.info("%s", report.import_line(new))
+            logger.info("%s", log_line.import_line(new))
 
     def undo(self) -> None:
         """Remove the hook and put every patched attribute back, newest first."""
@@ -135,74 +135,11 @@ def warn(what: str, error: BaseException) -> None:
     with contextlib.suppress(Exception):  # nothing left to tell the user with
         logger.warning(
             "%s %s: %s failed (%s); vLLM left unchanged",
-            report.PLUGIN,
-            plugin_version(),
+            PLUGIN,
+            __version__,
             what,
             describe_error(error),
         )
-
-
-def plugin_version() -> str:
-    return __version__
-
-
-def vllm_module_file(name: str) -> str | None:
-    """The source file of vLLM module ``name``, found without importing it
-    (importing would pull in vLLM's fused-MoE package); None if vLLM (already
-    imported) does not ship it."""
-    vllm = sys.modules.get("vllm")
-    relative = name.split(".")[1:]
-    for base in list(getattr(vllm, "__path__", ()) or ()):
-        for path in (
-            os.path.join(base, *relative) + ".py",
-            os.path.join(base, *relative, "__init__.py"),
-        ):
-            if os.path.isfile(path):
-                return path
-    return None
-
-
-def vllm_has_module(name: str) -> bool:
-    return vllm_module_file(name) is not None
-
-
-def vllm_source(name: str) -> str | None:
-    """The source text of vLLM module ``name``, read without importing it;
-    None if vLLM does not ship it. Raises what reading the file raises."""
-    path = vllm_module_file(name)
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as source:
-        return source.read()
-
-
-def vllm_defines(module: str, names: Iterable[str]) -> bool:
-    """Whether vLLM's source of ``module`` defines a class or function named in
-    ``names``. A file can outlive its target:
-    ``quantization/utils/flashinfer_fp4_moe.py`` of vLLM 0.17+ no longer has
-    ``_supports_routing_method``, and the log line must not name it. A file
-    that cannot be read counts as defining them (the line then names it)."""
-    try:
-        text = vllm_source(module)
-    except (OSError, ValueError):
-        return True
-    if text is None:
-        return False
-    return any(
-        re.search(rf"^[ \t]*(?:class|def)[ \t]+{re.escape(name)}\b", text, re.M)
-        for name in names
-    )
-
-
-def imports_flashinfer(name: str) -> bool:
-    """Whether vLLM's module ``name`` imports FlashInfer when it is imported
-    (``experts/trtllm_nvfp4_moe.py`` of vLLM 0.17-0.19 does, at its top).
-    The plugin never imports such a module itself."""
-    text = vllm_source(name) or ""
-    return any(
-        line.startswith(("import flashinfer", "from flashinfer"))
-        for line in text.splitlines()
-    )
 
 
 _current: Activation | None = None
@@ -215,9 +152,9 @@ def current() -> Activation | None:
 def activate(
     environ: Mapping[str, str] | None = None,
     *,
-    version_of: facts_.VersionOf = facts_.installed_version,
+    version_of: facts.VersionOf = facts.installed_version,
     nvml: Any = None,
-    register_env: Callable[[], bool] = settings.register_with_vllm,
+    register_env: Callable[[], bool] = envs.register_with_vllm,
 ) -> Activation:
     """Decide and act for this process; idempotent (a second call returns the
     first activation). Raises ``StepFailed``; ``register()`` turns that into a
@@ -226,9 +163,9 @@ def activate(
     if _current is not None:
         return _current
     with step("reading settings"):
-        config = settings.read(environ)
-    for problem in config.problems:
-        logger.warning("%s: %s", report.PLUGIN, problem)
+        settings = envs.read(environ)
+    for problem in settings.problems:
+        logger.warning("%s: %s", PLUGIN, problem)
     # Registered even when disabled, so that vLLM copies the switch to Ray
     # workers. Best effort: vLLM's table is internal; without it vLLM only warns
     # about unknown variables, so the plugin reports the failure and goes on.
@@ -237,23 +174,23 @@ def activate(
     except Exception as exc:
         logger.warning(
             "%s: registering the plugin's variables with vLLM failed (%s); continuing",
-            report.PLUGIN,
+            PLUGIN,
             describe_error(exc),
         )
-    found = facts_.Facts({}, ())
-    if not config.disabled:  # disabled: the plugin reads and changes nothing
+
+    def read_gpus() -> facts.GpuReading:
         with step("reading GPUs"):
-            gpus = facts_.read_gpus(environ, config.capabilities, nvml=nvml)
-        if gpus.failed:
-            logger.warning("%s: %s", report.PLUGIN, gpus.error)
-        versions: dict[str, str | None] = {}
-        if policy.runs_fused_kernels(gpus.gpus):  # otherwise versions decide nothing
-            with step("reading package versions"):
-                versions = facts_.read_versions(facts_.DECIDING, version_of)
-        found = facts_.Facts(versions, gpus.gpus, gpus.error, gpus.failed)
+            return facts.read_gpus(environ, settings.capabilities, nvml=nvml)
+
+    def read_versions() -> dict[str, str | None]:
+        with step("reading package versions"):
+            return facts.read_versions(facts.DECIDING, version_of)
+
     with step("deciding"):
-        decision = policy.decide(found, config)
-    activation = Activation(plugin_version(), config, found, decision)
+        found, decision = policy.decide_here(settings, read_gpus, read_versions)
+    if found.gpu_query_failed:
+        logger.warning("%s: %s", PLUGIN, found.gpu_error)
+    activation = Activation(__version__, settings, found, decision)
     try:
         if decision.acts:
             with step("installing the import hook"):
@@ -273,7 +210,8 @@ def activate(
 
 def _watch(activation: Activation, *, patch: bool = True) -> None:
     from . import targets
-    from .hook import ImportHook
+    from .import_hook import ImportHook
+    from .vllm_source import vllm_defines
 
     modules = targets.target_modules()
     if patch:

@@ -1,23 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The log line: plugin, version, decision, reason with its facts, and what
-happened to each target."""
+"""The INFO line each vLLM process logs: plugin, version, decision, reason
+with its facts, and what happened to each target."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from .about import PLUGIN
+
 if TYPE_CHECKING:
+    from .patching import Outcome
     from .policy import Decision
-    from .targets import Outcome
-
-PLUGIN = "moe_routing"
-
-
-def describe_error(error: BaseException) -> str:
-    """``RuntimeError: message`` (or the type alone when it has no message)."""
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def target_part(outcomes: Iterable[Outcome], pending: Iterable[str] = ()) -> str:

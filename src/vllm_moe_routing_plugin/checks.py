@@ -1,0 +1,153 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Finding a target's routing check in a vLLM module, and asking it questions.
+
+``locate`` checks that the target has the shape the plugin knows (a
+``@staticmethod`` or module function with the expected arguments, vLLM's
+``RoutingMethodType`` with both Renormalize members, the quant keys) before
+anything is changed; a target of another shape is ``Unrecognised`` and left
+alone. ``RoutingCheck.accepted`` asks the check, per quant scheme, which
+routing methods it accepts: the "before" and "after" of ``status``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from types import ModuleType
+from typing import Any
+
+from .bugs import RENORMALIZE_METHODS
+from .targets import CONFIG, QUANT_UTILS, SCHEME_LABELS, Target
+
+#: Set on every replacement the plugin installs, holding vLLM's original.
+MARKER = "_vllm_moe_routing_plugin_original"
+
+
+class Unrecognised(Exception):
+    """The target exists but is not shaped the way this plugin knows."""
+
+
+def _routing_methods(module: ModuleType) -> Any:
+    enum = getattr(module, "RoutingMethodType", None)
+    if enum is None:
+        config = sys.modules.get(CONFIG)
+        enum = getattr(config, "RoutingMethodType", None)
+    if enum is None:
+        raise Unrecognised("RoutingMethodType not found")
+    missing = [m for m in RENORMALIZE_METHODS if not hasattr(enum, m)]
+    if missing:
+        raise Unrecognised(f"RoutingMethodType has no {', '.join(missing)}")
+    return enum
+
+
+def _quant_key(module: ModuleType, name: str | None) -> Any:
+    if name is None:
+        return None
+    if hasattr(module, name):
+        return getattr(module, name)
+    quant_utils = sys.modules.get(QUANT_UTILS)
+    if quant_utils is not None and hasattr(quant_utils, name):
+        return getattr(quant_utils, name)
+    return _MISSING
+
+
+_MISSING = object()
+
+
+def caller(target: Target, check: Callable[..., Any]) -> Callable[..., bool]:
+    """Call any target's routing check as ``f(method, weight_key, activation_key)``."""
+    if target.call == "method":
+        return lambda method, wk, ak: bool(check(method, wk, ak))
+    if target.call == "function":
+        return lambda method, wk, ak: bool(check(method))
+    return lambda method, wk, ak: bool(check(wk, ak, method))
+
+
+_ARITY = {"method": 3, "function": 1, "keys-first-function": 3}
+
+
+def _check_signature(func: Callable[..., Any], expected: int, what: str) -> None:
+    try:
+        parameters = list(inspect.signature(func).parameters.values())
+    except (TypeError, ValueError) as exc:
+        raise Unrecognised(f"{what} has no readable signature") from exc
+    positional = [
+        p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+    ]
+    if len(positional) != expected or len(parameters) != expected:
+        raise Unrecognised(f"{what} takes {len(parameters)} arguments, not {expected}")
+
+
+@dataclass
+class RoutingCheck:
+    """A target's routing check, found in an imported module."""
+
+    target: Target
+    module: ModuleType
+    owner: Any  # the class, or the module for module-level functions
+    check: Callable[..., Any]  # the routing check as vLLM calls it
+    methods: Any  # vLLM's RoutingMethodType
+    schemes: dict[str, tuple[Any, Any]]  # label -> (weight_key, activation_key)
+
+    def reread(self) -> RoutingCheck:
+        """The same target with the routing check its owner holds now."""
+        return replace(self, check=getattr(self.owner, self.target.check))
+
+    def accepted(self) -> dict[str, tuple[str, ...]]:
+        """Per quant scheme the check supports, the routing methods it accepts."""
+        call = caller(self.target, self.check)
+        table: dict[str, tuple[str, ...]] = {}
+        for label, (wk, ak) in self.schemes.items():
+            names: list[str] = []
+            try:
+                for member in self.methods:
+                    if call(member, wk, ak):
+                        names.append(member.name)
+            except ValueError:
+                continue  # the check rejects this quant scheme
+            table[label] = tuple(names)
+        return table
+
+
+def locate(target: Target, module: ModuleType) -> RoutingCheck | None:
+    """Find ``target`` in ``module``; None when this vLLM has no such target.
+
+    Raises ``Unrecognised`` when it exists in a shape the plugin does not know.
+    """
+    owner: Any = module
+    if target.owner is not None:
+        owner = getattr(module, target.owner, None)
+        if owner is None:
+            return None
+        if not isinstance(owner, type):
+            raise Unrecognised(f"{target.owner} is not a class")
+    if not hasattr(owner, target.check):
+        if target.owner is not None:
+            raise Unrecognised(f"{target.owner} has no {target.check}")
+        return None
+    if target.owner is not None:
+        raw = inspect.getattr_static(owner, target.check)
+        if not isinstance(raw, staticmethod):
+            raise Unrecognised(f"{target.path} is not a staticmethod")
+    check = getattr(owner, target.check)
+    _check_signature(_unwrap_ours(check), _ARITY[target.call], target.check)
+    methods = _routing_methods(module)
+    schemes: dict[str, tuple[Any, Any]] = {}
+    for scheme in target.schemes:
+        keys = (_quant_key(module, scheme[0]), _quant_key(module, scheme[1]))
+        if _MISSING not in keys:
+            schemes[SCHEME_LABELS[scheme]] = keys
+    if not schemes:
+        raise Unrecognised("none of its quant keys found in this vLLM")
+    return RoutingCheck(target, module, owner, check, methods, schemes)
+
+
+def _unwrap_ours(func: Any) -> Any:
+    return getattr(func, MARKER, func)
+
+
+def is_ours(value: Any) -> bool:
+    func = value.__func__ if isinstance(value, staticmethod) else value
+    return hasattr(func, MARKER)

@@ -1,0 +1,389 @@
+# SPDX-License-Identifier: Apache-2.0
+"""``vllm-moe-routing status``: what the plugin sees, decides and changes here.
+
+``collect`` builds one typed report (``StatusReport``); ``render`` writes it as
+text and ``StatusReport.to_json`` as the ``--json`` object. It never
+initialises CUDA and never imports FlashInfer: versions come from package
+metadata, GPUs from NVML, and the routing checks are vLLM's own, called in
+this process (importing the target modules of vLLM, which import neither)
+through ``patching.preview``, which puts everything back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import importlib.metadata
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from packaging.specifiers import SpecifierSet
+from packaging.version import Version
+
+from .. import envs, facts, log_line, patching, policy, targets
+from ..about import PLUGIN, __version__
+from ..bugs import RENORMALIZE_METHODS
+from ..errors import describe_error
+from ..vllm_source import imports_flashinfer, vllm_has_module
+
+ENTRY_POINT_GROUP = "vllm.general_plugins"
+
+EntryPoints = Callable[..., Any]
+MethodTable = dict[str, tuple[str, ...]]
+
+
+@dataclass
+class PluginEntry:
+    """Whether vLLM's loader finds the plugin and may load it."""
+
+    name: str
+    value: str | None  # the entry point's object reference
+    discovered: bool
+    vllm_plugins: str | None  # VLLM_PLUGINS as set, or None
+    allowed: bool
+    problem: str | None
+    version: str = __version__
+
+
+@dataclass
+class SettingRow:
+    name: str
+    raw: str | None
+    value: Any
+    valid: bool
+    problem: str | None
+
+
+@dataclass
+class GpuRow:
+    index: int
+    name: str
+    capability: str  # "10.0"
+    source: str
+
+
+@dataclass
+class TargetRow:
+    """One target: what the decision does to it, and the routing methods its
+    check accepts per quant scheme before and after."""
+
+    target: str  # dotted path of the check
+    name: str
+    releases: str
+    state: str
+    detail: str = ""
+    before: MethodTable | None = None
+    after: MethodTable | None = None
+
+
+@dataclass
+class StatusReport:
+    answer: str
+    action: str
+    reason: str
+    line: str  # the log line this process would write
+    plugin: PluginEntry
+    settings: list[SettingRow]
+    packages: dict[str, str | None]
+    package_notes: list[str]
+    gpus: list[GpuRow]
+    gpu_error: str | None
+    assumed: list[str]  # facts given by what-if flags
+    targets: list[TargetRow]
+    vllm_problem: str | None
+    problems: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def entry_point(
+    environ: Mapping[str, str],
+    entry_points: EntryPoints = importlib.metadata.entry_points,
+) -> PluginEntry:
+    """Whether vLLM's loader would find the plugin, and whether VLLM_PLUGINS
+    lets it load (vLLM splits that list on commas and strips nothing)."""
+    found = [ep for ep in entry_points(group=ENTRY_POINT_GROUP) if ep.name == PLUGIN]
+    raw = environ.get("VLLM_PLUGINS")
+    allowed = True
+    problem = None
+    if raw is not None:
+        names = raw.split(",")
+        allowed = PLUGIN in names
+        if not allowed:
+            spaced = [n for n in names if n.strip() == PLUGIN]
+            problem = (
+                f"VLLM_PLUGINS lists {spaced[0]!r} with spaces; "
+                "vLLM does not strip them"
+                if spaced
+                else f"VLLM_PLUGINS={raw!r} does not list {PLUGIN}"
+            )
+    if not found:
+        problem = (
+            f"no entry point {PLUGIN!r} in group {ENTRY_POINT_GROUP}: "
+            "vLLM will not load the plugin"
+        )
+    return PluginEntry(
+        name=PLUGIN,
+        value=found[0].value if found else None,
+        discovered=bool(found),
+        vllm_plugins=raw,
+        allowed=allowed,
+        problem=problem,
+    )
+
+
+def _what_if_versions(
+    flashinfer: str | None, installed_version: facts.VersionOf
+) -> facts.VersionOf:
+    if flashinfer is None:
+        return installed_version
+
+    def version_of(distribution: str) -> str | None:
+        installed = installed_version(distribution)
+        if distribution == facts.FLASHINFER:
+            return flashinfer
+        if distribution == facts.FLASHINFER_CUBIN and installed is not None:
+            return flashinfer  # upgraded together with flashinfer-python
+        return installed
+
+    return version_of
+
+
+def preview_targets(
+    decision: policy.Decision,
+) -> tuple[list[TargetRow], list[patching.Outcome], list[str], str | None]:
+    """Every target of the installed vLLM: its row, the outcomes the log line
+    names, the modules left for vLLM to import, and why vLLM could not be
+    looked at, if it could not. vLLM is left as it was."""
+    try:
+        import vllm  # noqa: F401
+    except Exception as exc:
+        return [], [], [], f"vLLM is not importable here ({describe_error(exc)})"
+    rows: list[TargetRow] = []
+    outcomes: list[patching.Outcome] = []
+    pending: list[str] = []
+    for target in targets.TARGETS:
+        row = TargetRow(target.path, target.name, target.releases, "absent")
+        rows.append(row)
+        if not vllm_has_module(target.module):
+            outcomes.append(patching.Outcome(target, "absent"))
+            continue
+        if target.module not in sys.modules and imports_flashinfer(target.module):
+            row.state = "not-probed"
+            row.detail = "importing it imports FlashInfer; patched when vLLM imports it"
+            pending.append(target.module)
+            continue
+        try:
+            module = importlib.import_module(target.module)
+        except Exception as exc:
+            outcome = patching.Outcome(
+                target, "failed", f"import failed: {describe_error(exc)}"
+            )
+            row.state, row.detail = outcome.state, outcome.detail
+            outcomes.append(outcome)
+            continue
+        outcome, after = patching.preview(target, module, decision)
+        outcomes.append(outcome)
+        row.state, row.detail = outcome.state, outcome.detail
+        row.before = outcome.before or None
+        row.after = after if outcome.before else None
+    return rows, outcomes, pending, None
+
+
+def answer(decision: policy.Decision) -> str:
+    """The first line of the report: will the fused kernel route, and is it safe."""
+    methods = "/".join(RENORMALIZE_METHODS)
+    if decision.action == "enable":
+        return (
+            f"{methods} MoE layers may run on the fused TRT-LLM kernels: "
+            "this FlashInfer routes them correctly."
+        )
+    if decision.action == "guard":
+        assert decision.guard is not None
+        if decision.guard.everywhere:
+            return f"{methods} MoE layers are kept off the fused TRT-LLM kernels."
+        return (
+            f"{methods} MoE layers where {decision.guard.scope} are kept off the "
+            "fused TRT-LLM kernels; other layers keep them."
+        )
+    if decision.action == "not-applicable":
+        return (
+            "vLLM does not use the TRT-LLM MoE kernels here; "
+            "the plugin changes nothing."
+        )
+    if decision.action == "unknown":
+        return (
+            "FlashInfer's version is unknown: vLLM's own choice stands, "
+            "and the plugin cannot vouch for it."
+        )
+    return "The plugin is disabled: vLLM's own choice stands."
+
+
+def pin_notes(versions: Mapping[str, str | None], pins: Mapping[str, str]) -> list[str]:
+    """FlashInfer wheels installed outside the versions the installed vLLM pins
+    (the upgrade vLLM 0.18/0.19 users make for the fast path, or a downgrade)."""
+    notes = []
+    for distribution, pin in pins.items():
+        installed = policy.parse_version(versions.get(distribution))
+        if installed is None or not pin:
+            continue
+        specifier = SpecifierSet(pin)
+        if specifier.contains(installed, prereleases=True):
+            continue
+        pinned = [s.version for s in specifier if s.operator in ("==", "===")]
+        if pinned and policy.parse_version(pinned[0]) is not None:
+            older = installed < Version(pinned[0])
+            relation = "older than" if older else "newer than"
+            notes.append(
+                f"{distribution} {installed} is {relation} vLLM's pin {pin}"
+                + ("" if older else " (installed over it)")
+            )
+        else:
+            notes.append(f"{distribution} {installed} is outside vLLM's pin {pin}")
+    return notes
+
+
+def collect(
+    args: argparse.Namespace,
+    environ: Mapping[str, str],
+    *,
+    installed_version: facts.VersionOf = facts.installed_version,
+    entry_points: EntryPoints = importlib.metadata.entry_points,
+    requires_of: Callable[[str], list[str] | None] = importlib.metadata.requires,
+) -> StatusReport:
+    """Everything the report shows. The keyword arguments are the
+    package-metadata edges, for tests."""
+    settings = envs.read(environ)
+    assumed: list[str] = []
+    capabilities = settings.capabilities
+    source = envs.DEVICE_CAPABILITY_VAR
+    if args.capability is not None:
+        capabilities, source = args.capability, "assumed (--capability)"
+        assumed.append("gpus")
+    if args.flashinfer is not None:
+        assumed.append(facts.FLASHINFER)
+    found = facts.gather(
+        environ,
+        capabilities=capabilities,
+        capability_source=source,
+        version_of=_what_if_versions(args.flashinfer, installed_version),
+    )
+    decision = policy.decide(found, settings)
+    rows: list[TargetRow] = []
+    outcomes: list[patching.Outcome] = []
+    pending: list[str] = []
+    vllm_problem = None
+    if not args.no_targets:
+        rows, outcomes, pending, vllm_problem = preview_targets(decision)
+    plugin = entry_point(environ, entry_points)
+    problems = [p for p in (plugin.problem,) if p]
+    problems += list(settings.problems)
+    problems += list(policy.companion_notes(found))
+    return StatusReport(
+        answer=answer(decision),
+        action=decision.action,
+        reason=decision.reason,
+        line=log_line.decision_line(__version__, decision, outcomes, pending),
+        plugin=plugin,
+        settings=[
+            SettingRow(
+                name=r.name,
+                raw=r.raw,
+                value=list(r.value) if isinstance(r.value, tuple) else r.value,
+                valid=r.valid,
+                problem=r.problem,
+            )
+            for r in settings.readings
+        ],
+        packages=dict(found.versions),
+        package_notes=pin_notes(found.versions, facts.vllm_pins(requires_of)),
+        gpus=[
+            GpuRow(
+                index=g.ordinal,
+                name=g.name,
+                capability=f"{g.capability[0]}.{g.capability[1]}",
+                source=g.source,
+            )
+            for g in found.gpus
+        ],
+        gpu_error=found.gpu_error,
+        assumed=assumed,
+        targets=rows,
+        vllm_problem=vllm_problem,
+        problems=problems,
+    )
+
+
+def _methods(table: Mapping[str, Sequence[str]] | None) -> list[str]:
+    if not table:
+        return []
+    return [f"{scheme}: {' '.join(names) or '-'}" for scheme, names in table.items()]
+
+
+def render(status: StatusReport) -> str:
+    out: list[str] = []
+    add = out.append
+    add(status.answer)
+    add(f"decision  {status.action}: {status.reason}")
+    if status.assumed:
+        add(f"assumed   {', '.join(status.assumed)} (what-if flags)")
+    for problem in status.problems:
+        add(f"problem   {problem}")
+    add("")
+    add("targets")
+    if status.vllm_problem:
+        add(f"  {status.vllm_problem}")
+    present = [r for r in status.targets if r.state != "absent"]
+    absent = [r.name for r in status.targets if r.state == "absent"]
+    width = max((len(r.name) for r in present), default=0)
+    for row in present:
+        add(f"  {row.name:<{width}}  {row.state:<10} {row.detail}".rstrip())
+        pairs = zip(_methods(row.before), _methods(row.after), strict=True)
+        for before, after in pairs:
+            add(f"  {'':<{width}}    before {before}")
+            add(f"  {'':<{width}}    after  {after}")
+    if absent:
+        add(f"  absent in this vLLM: {', '.join(absent)}")
+    add("")
+    plugin = status.plugin
+    add("plugin")
+    add(f"  version       {plugin.version}")
+    discovered = "discovered" if plugin.discovered else "NOT discovered"
+    add(f"  entry point   {plugin.name} = {plugin.value} ({discovered})")
+    allowed = "allows it" if plugin.allowed else "EXCLUDES it"
+    listed = (
+        "unset (all plugins load)"
+        if plugin.vllm_plugins is None
+        else f"{plugin.vllm_plugins!r} {allowed}"
+    )
+    add(f"  VLLM_PLUGINS  {listed}")
+    add("settings")
+    name_width = max(len(s.name) for s in status.settings)
+    for s in status.settings:
+        raw = "unset" if s.raw is None else repr(s.raw)
+        mark = "" if s.valid else "  INVALID, default used"
+        add(f"  {s.name:<{name_width}}  {raw} -> {s.value}{mark}")
+    add("packages")
+    for name, version in status.packages.items():
+        add(f"  {name:<21} {version or 'not installed'}")
+    for note in status.package_notes:
+        add(f"  note: {note}")
+    add("gpus")
+    if not status.gpus:
+        add(f"  none ({status.gpu_error})")
+    for gpu in status.gpus:
+        sm = "sm_" + gpu.capability.replace(".", "")
+        add(f"  {gpu.index}  {gpu.name}  {sm}  {gpu.source}")
+    add("")
+    add(f"log line: {status.line}")
+    return "\n".join(out)
+
+
+def exit_status(status: StatusReport) -> int:
+    """0: the plugin will load and act as reported; 1: something stops it from
+    working as intended (see ``problems``). Usage errors exit 2 (argparse)."""
+    return 1 if status.problems else 0

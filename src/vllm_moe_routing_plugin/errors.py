@@ -1,0 +1,8 @@
+# SPDX-License-Identifier: Apache-2.0
+"""How the plugin names an error in a log line or a report."""
+
+
+def describe_error(error: BaseException) -> str:
+    """``RuntimeError: message`` (or the type alone when it has no message)."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
