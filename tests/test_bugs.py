@@ -53,7 +53,7 @@ def test_guard_reason_is_read_from_the_entry():
 
 
 def test_a_new_entry_reaches_the_decision(monkeypatch):
-    later = bugs.FLASHINFER_2822._replace(
+    later = bugs.FLASHINFER_2822.replace(
         id="flashinfer#9999", wrong="routes it wrongly too", fixed_in=(0, 7, 0)
     )
     monkeypatch.setattr(policy, "KNOWN_BUGS", (bugs.FLASHINFER_2822, later))
@@ -95,7 +95,7 @@ def test_guard_changes_only_the_targets_an_entry_reaches(reached, state):
     module = ModuleType("future.module")
     module.Experts = cls
     module.RoutingMethodType = Methods
-    bug = bugs.FLASHINFER_2822._replace(targets=("Experts",) if reached else ())
+    bug = bugs.FLASHINFER_2822.replace(targets=("Experts",) if reached else ())
     decision = policy.Decision("guard", "test", guard=policy.Guard((bug,), "0.6.6"))
     outcome = patching.apply(TARGET, module, decision)
     assert outcome.state == state

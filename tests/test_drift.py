@@ -16,7 +16,7 @@ ENABLE = policy.Decision("enable", "test")
 GUARD = policy.Decision(
     "guard",
     "test",
-    guard=policy.Guard((bugs.FLASHINFER_2822._replace(targets=("Experts",)),), "0.6.6"),
+    guard=policy.Guard((bugs.FLASHINFER_2822.replace(targets=("Experts",)),), "0.6.6"),
 )
 
 

@@ -13,9 +13,7 @@ Names are vLLM's ``RoutingMethodType`` member names and the plugin's target
 names (``targets.TARGETS``); enum values move between vLLM releases.
 """
 
-from __future__ import annotations
-
-from typing import NamedTuple
+from typing import Any
 
 #: The routing methods this plugin lets the fused kernels do (softmax + top-k
 #: + renormalise: Qwen3, Qwen3.5, Mixtral-style models).
@@ -36,14 +34,19 @@ MONOLITHIC_TARGETS: tuple[str, ...] = (
 )
 
 
-class Envelope(NamedTuple):
+class Envelope:
     """The MoE layer shapes a bug reaches: experts_above < experts <=
     experts_at_most, with top_k < top_k_below (global experts, vLLM's
     ``moe_config.num_experts`` and ``experts_per_token``)."""
 
-    experts_above: int
-    experts_at_most: int
-    top_k_below: int
+    __slots__ = ("experts_above", "experts_at_most", "top_k_below")
+
+    def __init__(
+        self, experts_above: int, experts_at_most: int, top_k_below: int
+    ) -> None:
+        self.experts_above = experts_above
+        self.experts_at_most = experts_at_most
+        self.top_k_below = top_k_below
 
     def contains(self, num_experts: int, top_k: int) -> bool:
         return (
@@ -58,18 +61,48 @@ class Envelope(NamedTuple):
         )
 
 
-class KnownBug(NamedTuple):
-    id: str  # the upstream issue, e.g. "flashinfer#2822"
-    title: str  # what goes wrong, one line
-    wrong: str  # what the kernel does, after "FlashInfer <version> "
-    methods: tuple[str, ...]  # RoutingMethodType names it reaches
-    kernels: tuple[str, ...]  # FlashInfer functions whose routing has it
-    targets: tuple[str, ...]  # the plugin's targets whose kernels have it
-    envelope: Envelope
-    affected: str  # the FlashInfer releases that have it
-    fixed_in: tuple[int, ...]  # the first FlashInfer release without it
-    references: tuple[str, ...]  # upstream issues and pull requests
-    remove_when: str  # when the entry (and its guard) can be deleted
+class KnownBug:
+    """One catalogue entry."""
+
+    __slots__ = (
+        "affected", "envelope", "fixed_in", "id", "kernels", "methods",
+        "references", "remove_when", "targets", "title", "wrong",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        *,
+        id: str,  # the upstream issue, e.g. "flashinfer#2822"
+        title: str,  # what goes wrong, one line
+        wrong: str,  # what the kernel does, after "FlashInfer <version> "
+        methods: tuple[str, ...],  # RoutingMethodType names it reaches
+        kernels: tuple[str, ...],  # FlashInfer functions whose routing has it
+        targets: tuple[str, ...],  # the plugin's targets whose kernels have it
+        envelope: Envelope,
+        affected: str,  # the FlashInfer releases that have it
+        fixed_in: tuple[int, ...],  # the first FlashInfer release without it
+        references: tuple[str, ...],  # upstream issues and pull requests
+        remove_when: str,  # when the entry (and its guard) can be deleted
+    ) -> None:
+        self.id = id
+        self.title = title
+        self.wrong = wrong
+        self.methods = methods
+        self.kernels = kernels
+        self.targets = targets
+        self.envelope = envelope
+        self.affected = affected
+        self.fixed_in = fixed_in
+        self.references = references
+        self.remove_when = remove_when
+
+    def replace(self, **changes: Any) -> "KnownBug":
+        """A copy with some fields changed (tests build entries this way)."""
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return KnownBug(**{**fields, **changes})
+
+    def __repr__(self) -> str:
+        return f"KnownBug({self.id})"
 
     @property
     def fixed_in_text(self) -> str:

@@ -9,12 +9,9 @@ alone. ``RoutingCheck.accepted`` asks the check, per quant scheme, which
 routing methods it accepts: the "before" and "after" of ``status``.
 """
 
-from __future__ import annotations
-
 import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any
 
@@ -80,20 +77,33 @@ def _check_signature(func: Callable[..., Any], expected: int, what: str) -> None
         raise Unrecognised(f"{what} takes {len(parameters)} arguments, not {expected}")
 
 
-@dataclass
 class RoutingCheck:
     """A target's routing check, found in an imported module."""
 
-    target: Target
-    module: ModuleType
-    owner: Any  # the class, or the module for module-level functions
-    check: Callable[..., Any]  # the routing check as vLLM calls it
-    methods: Any  # vLLM's RoutingMethodType
-    schemes: dict[str, tuple[Any, Any]]  # label -> (weight_key, activation_key)
+    __slots__ = ("check", "methods", "module", "owner", "schemes", "target")
 
-    def reread(self) -> RoutingCheck:
+    def __init__(
+        self,
+        target: Target,
+        module: ModuleType,
+        owner: Any,  # the class, or the module for module-level functions
+        check: Callable[..., Any],  # the routing check as vLLM calls it
+        methods: Any,  # vLLM's RoutingMethodType
+        schemes: dict[str, tuple[Any, Any]],  # label -> (weight_key, activation_key)
+    ) -> None:
+        self.target = target
+        self.module = module
+        self.owner = owner
+        self.check = check
+        self.methods = methods
+        self.schemes = schemes
+
+    def reread(self) -> "RoutingCheck":
         """The same target with the routing check its owner holds now."""
-        return replace(self, check=getattr(self.owner, self.target.check))
+        check = getattr(self.owner, self.target.check)
+        return RoutingCheck(
+            self.target, self.module, self.owner, check, self.methods, self.schemes
+        )
 
     def accepted(self) -> dict[str, tuple[str, ...]]:
         """Per quant scheme the check supports, the routing methods it accepts."""

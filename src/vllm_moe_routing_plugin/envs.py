@@ -9,11 +9,9 @@ runs, not through ``vllm.envs``: vLLM can freeze its own variables after start-u
 default is used.
 """
 
-from __future__ import annotations
-
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 DISABLE_VAR = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
 RENORMALIZE_VAR = "VLLM_MOE_ROUTING_RENORMALIZE"
@@ -71,14 +69,24 @@ def parse_capabilities(raw: str) -> tuple[Capability, ...]:
     return tuple(capabilities)
 
 
-class Variable(NamedTuple):
+class Variable:
     """One environment variable of the plugin, as documented in the README."""
 
-    name: str
-    default: Any
-    parse: Callable[[str], Any]
-    values: str
-    meaning: str
+    __slots__ = ("default", "meaning", "name", "parse", "values")
+
+    def __init__(
+        self,
+        name: str,
+        default: Any,
+        parse: Callable[[str], Any],
+        values: str,
+        meaning: str,
+    ) -> None:
+        self.name = name
+        self.default = default
+        self.parse = parse
+        self.values = values
+        self.meaning = meaning
 
 
 VARIABLES: tuple[Variable, ...] = (
@@ -106,26 +114,40 @@ VARIABLES: tuple[Variable, ...] = (
 )
 
 
-class Reading(NamedTuple):
+class Reading:
     """What one variable holds: raw text, the value used, and any problem."""
 
-    name: str
-    raw: str | None
-    value: Any
-    problem: str | None = None
+    __slots__ = ("name", "problem", "raw", "value")
+
+    def __init__(
+        self, name: str, raw: str | None, value: Any, problem: str | None = None
+    ) -> None:
+        self.name = name
+        self.raw = raw
+        self.value = value
+        self.problem = problem
 
     @property
     def valid(self) -> bool:
         return self.problem is None
 
 
-class Settings(NamedTuple):
+class Settings:
     """The plugin's settings for this process."""
 
-    disabled: bool = False
-    renormalize: Renormalize = "auto"
-    capabilities: tuple[Capability, ...] | None = None
-    readings: tuple[Reading, ...] = ()
+    __slots__ = ("capabilities", "disabled", "readings", "renormalize")
+
+    def __init__(
+        self,
+        disabled: bool = False,
+        renormalize: Renormalize = "auto",
+        capabilities: tuple[Capability, ...] | None = None,
+        readings: tuple[Reading, ...] = (),
+    ) -> None:
+        self.disabled = disabled
+        self.renormalize = renormalize
+        self.capabilities = capabilities
+        self.readings = readings
 
     @property
     def problems(self) -> tuple[str, ...]:

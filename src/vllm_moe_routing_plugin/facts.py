@@ -11,14 +11,12 @@ The edges that cannot be real on every machine (the NVML library, the
 installed distributions) are parameters, so tests hand in their answers.
 """
 
-from __future__ import annotations
-
 import contextlib
 import importlib
 import importlib.metadata
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from .envs import DEVICE_CAPABILITY_VAR, Capability
 from .errors import describe_error
@@ -50,29 +48,49 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-class Gpu(NamedTuple):
+class Gpu:
     """One GPU as this process numbers it (after ``CUDA_VISIBLE_DEVICES``)."""
 
-    ordinal: int  # CUDA's device index in this process
-    name: str
-    capability: Capability
-    source: str  # "nvml", the override variable's name, or "assumed"
+    __slots__ = ("capability", "name", "ordinal", "source")
+
+    def __init__(
+        self, ordinal: int, name: str, capability: Capability, source: str
+    ) -> None:
+        self.ordinal = ordinal  # CUDA's device index in this process
+        self.name = name
+        self.capability = capability
+        self.source = source  # "nvml", the override variable's name, or "assumed"
 
 
-class GpuReading(NamedTuple):
-    gpus: tuple[Gpu, ...]
-    error: str | None = None  # why no GPU could be read, when none was
-    failed: bool = False  # NVML answered init but failed a query: worth a WARNING
+class GpuReading:
+    """The GPUs, or why none could be read."""
+
+    __slots__ = ("error", "failed", "gpus")
+
+    def __init__(
+        self, gpus: tuple[Gpu, ...], error: str | None = None, failed: bool = False
+    ) -> None:
+        self.gpus = gpus
+        self.error = error  # why no GPU could be read, when none was
+        self.failed = failed  # NVML answered init but failed a query: a WARNING
 
 
-class Facts(NamedTuple):
+class Facts:
     """Everything the decision looks at."""
 
-    versions: Mapping[str, str | None]
-    gpus: tuple[Gpu, ...]
-    gpu_error: str | None = None
-    gpu_query_failed: bool = False
-    assumed: tuple[str, ...] = ()  # facts given by what-if flags
+    __slots__ = ("gpu_error", "gpu_query_failed", "gpus", "versions")
+
+    def __init__(
+        self,
+        versions: Mapping[str, str | None],
+        gpus: tuple[Gpu, ...],
+        gpu_error: str | None = None,
+        gpu_query_failed: bool = False,
+    ) -> None:
+        self.versions = versions
+        self.gpus = gpus
+        self.gpu_error = gpu_error
+        self.gpu_query_failed = gpu_query_failed
 
     def version(self, distribution: str) -> str | None:
         return self.versions.get(distribution)

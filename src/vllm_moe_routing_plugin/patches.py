@@ -19,10 +19,7 @@ recognises its own work (loading twice patches once). ``patching`` decides
 which replacement a target gets, verifies it and reports it.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from .checks import MARKER, caller
@@ -135,15 +132,24 @@ def guarded_config_check(
     return is_supported_config
 
 
-@dataclass
 class Patch:
     """One attribute replaced on a class or module, and how to put it back."""
 
-    owner: Any
-    attr: str
-    original: Any  # the raw ``__dict__`` entry (e.g. the staticmethod object)
-    had_own: bool  # False: the attribute was inherited, undo deletes ours
-    replacement: Any
+    __slots__ = ("attr", "had_own", "original", "owner", "replacement")
+
+    def __init__(
+        self,
+        owner: Any,
+        attr: str,
+        original: Any,  # the raw ``__dict__`` entry (e.g. the staticmethod object)
+        had_own: bool,  # False: the attribute was inherited, undo deletes ours
+        replacement: Any,
+    ) -> None:
+        self.owner = owner
+        self.attr = attr
+        self.original = original
+        self.had_own = had_own
+        self.replacement = replacement
 
     def apply(self) -> None:
         setattr(self.owner, self.attr, self.replacement)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import inspect
 import sys
-from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any, Literal
 
@@ -38,15 +37,29 @@ State = Literal[
 ]
 
 
-@dataclass
 class Outcome:
-    """What happened to one target in this process."""
+    """What happened to one target in this process. Mutable: undoing a patch
+    makes it ``untouched`` again. A plain class: a dataclass is generated with
+    ``exec`` when its module is imported, in every vLLM process that patches."""
 
-    target: Target
-    state: State
-    detail: str = ""
-    before: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    patch: Patch | None = None
+    __slots__ = ("before", "detail", "patch", "state", "target")
+
+    def __init__(
+        self,
+        target: Target,
+        state: State,
+        detail: str = "",
+        before: dict[str, tuple[str, ...]] | None = None,
+        patch: Patch | None = None,
+    ) -> None:
+        self.target = target
+        self.state = state
+        self.detail = detail
+        self.before = before if before is not None else {}
+        self.patch = patch
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.target.name!r}, {self.state!r}, {self.detail!r})"
 
 
 def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
@@ -122,7 +135,7 @@ def _guard(
         reaching = tuple(bug for bug in guard.bugs if target.name in bug.targets)
         if not reaching:
             return Outcome(target, "native", "", before)
-        guard = guard._replace(bugs=reaching)
+        guard = Guard(reaching, guard.flashinfer)
     if not accepted:
         return Outcome(target, "native", "", before)
     refused = " ".join(f"-{m}" for m in accepted)

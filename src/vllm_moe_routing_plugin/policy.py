@@ -6,10 +6,8 @@ handed (``decide``) or what the decision can use (``decide_here``). The
 decision table is the README's ("What the plugin decides").
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping
-from typing import Literal, NamedTuple
+from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 
@@ -32,14 +30,19 @@ Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
 SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
 
 
-class Guard(NamedTuple):
+class Guard:
     """Which MoE layers the fused kernels must not route, and why.
 
     ``bugs`` empty means every shape (the forced ``disable``).
     """
 
-    bugs: tuple[KnownBug, ...]
-    flashinfer: str | None = None
+    __slots__ = ("bugs", "flashinfer")
+
+    def __init__(
+        self, bugs: tuple[KnownBug, ...], flashinfer: str | None = None
+    ) -> None:
+        self.bugs = bugs
+        self.flashinfer = flashinfer
 
     @property
     def everywhere(self) -> bool:
@@ -74,11 +77,25 @@ class Guard(NamedTuple):
         return "; ".join(str(bug.envelope) for bug in self.bugs)
 
 
-class Decision(NamedTuple):
-    action: Action
-    reason: str
-    guard: Guard | None = None
-    notes: tuple[str, ...] = ()
+class Decision:
+    """What the plugin does in this process, and why."""
+
+    __slots__ = ("action", "guard", "notes", "reason")
+
+    def __init__(
+        self,
+        action: Action,
+        reason: str,
+        guard: Guard | None = None,
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        self.action = action
+        self.reason = reason
+        self.guard = guard
+        self.notes = notes
+
+    def __repr__(self) -> str:
+        return f"Decision({self.action!r}, {self.reason!r})"
 
     @property
     def acts(self) -> bool:

@@ -8,10 +8,7 @@ quant keys and routing methods are vLLM's; their values move between
 releases, so they are looked up by name.
 """
 
-from __future__ import annotations
-
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Literal
 
 FUSED_MOE = "vllm.model_executor.layers.fused_moe"
@@ -45,16 +42,29 @@ SCHEME_LABELS: dict[Scheme, str] = {
 }
 
 
-@dataclass(frozen=True)
 class Target:
     """One routing check of one vLLM release family."""
 
-    module: str
-    owner: str | None  # class name; None for a module-level function
-    check: str  # attribute holding the routing check
-    call: Call
-    schemes: tuple[Scheme, ...]
-    releases: str  # the vLLM releases that have it (documentation only)
+    __slots__ = ("call", "check", "module", "owner", "releases", "schemes")
+
+    def __init__(
+        self,
+        module: str,
+        owner: str | None,  # class name; None for a module-level function
+        check: str,  # attribute holding the routing check
+        call: Call,
+        schemes: tuple[Scheme, ...],
+        releases: str,  # the vLLM releases that have it (documentation only)
+    ) -> None:
+        self.module = module
+        self.owner = owner
+        self.check = check
+        self.call = call
+        self.schemes = schemes
+        self.releases = releases
+
+    def __repr__(self) -> str:
+        return f"Target({self.name})"
 
     @property
     def name(self) -> str:

@@ -10,7 +10,6 @@ imported (its package path is where the files are looked up).
 from __future__ import annotations
 
 import os
-import re
 import sys
 from collections.abc import Iterable
 
@@ -56,10 +55,27 @@ def vllm_defines(module: str, names: Iterable[str]) -> bool:
         return True
     if text is None:
         return False
-    return any(
-        re.search(rf"^[ \t]*(?:class|def)[ \t]+{re.escape(name)}\b", text, re.M)
-        for name in names
-    )
+    return any(_defines(text, name) for name in names)
+
+
+def _defines(text: str, name: str) -> bool:
+    """Whether a line of ``text`` starts (after indentation) with ``class name``
+    or ``def name``. Plain string search: compiling a regular expression per
+    name cost ``register()`` more than the search itself."""
+    for keyword in ("class ", "def "):
+        needle = keyword + name
+        start = text.find(needle)
+        while start != -1:
+            end = start + len(needle)
+            line_start = text.rfind("\n", 0, start) + 1
+            indented = not text[line_start:start].strip(" \t")
+            whole_name = end == len(text) or not (
+                text[end].isalnum() or text[end] == "_"
+            )
+            if indented and whole_name:
+                return True
+            start = text.find(needle, end)
+    return False
 
 
 def imports_flashinfer(name: str) -> bool:
