@@ -8,10 +8,16 @@ Run it with the Python of an environment that has vLLM and the plugin
 plugin and without it alternate; "without" sets ``VLLM_PLUGINS`` to vLLM's own
 general plugins only. Prints a table, checks the budgets and writes JSON.
 
-1. ``import vllm.plugins; load_general_plugins()``: ratio of medians (budget <= 1.02)
+1. ``import vllm.plugins; load_general_plugins()`` on the acting path (an
+   SM100 GPU assumed, so the plugin decides ``enable`` and installs its import
+   hook): ratio of medians (budget <= 1.02)
 2. time inside ``register()``, in a process where vLLM's loader has just run,
-   with the GPUs NVML reports (budget: median <= 5 ms without a GPU); and,
-   separately, one NVML query (init, devices, capabilities, shutdown)
+   on each path (budget: median <= 5 ms on every one): ``enable`` and
+   ``guard`` with an SM100 GPU assumed (the guard forced with
+   ``VLLM_MOE_ROUTING_RENORMALIZE=disable``, as the installed FlashInfer is
+   fixed), and the GPUs NVML reports (on a machine without a GPU:
+   ``not-applicable``); and, separately, one NVML query (init, devices,
+   capabilities, shutdown)
 3. patching a target when vLLM imports its module: the import hook's own time,
    vLLM's import excluded (budget <= 1 ms)
 4. modules the plugin causes to be imported in a process that builds no MoE
@@ -33,6 +39,16 @@ from pathlib import Path
 
 VLLM_OWN_PLUGINS = "lora_filesystem_resolver,lora_hf_hub_resolver"
 SM100 = {"VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0"}
+#: register() paths: the environment of each (the plugin itself excluded from
+#: vLLM's loader, so that the script's own call is the first).
+REGISTER_PATHS = {
+    "enable (SM100 assumed)": SM100,
+    "guard (SM100 assumed, forced)": {
+        **SM100,
+        "VLLM_MOE_ROUTING_RENORMALIZE": "disable",
+    },
+    "NVML (this machine's GPUs)": {},
+}
 
 LOAD = """
 import time
@@ -68,17 +84,17 @@ PATCH = """
 import time
 import vllm.plugins
 vllm.plugins.load_general_plugins()
-from vllm_moe_routing_plugin import plugin
-activation = plugin.current()
-assert activation is not None and activation.decision.action == "enable"
+from vllm_moe_routing_plugin import activation as runtime
+current = runtime.current()
+assert current is not None and current.decision.action == "enable"
 spent = []
-apply_module = activation.apply_module
+apply_module = current.apply_module
 def timed(module):
     t = time.perf_counter()
     result = apply_module(module)
     spent.append(time.perf_counter() - t)
     return result
-activation.apply_module = timed
+current.apply_module = timed
 import vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe
 print(spent[0])
 """
@@ -153,11 +169,15 @@ def measure(pairs: int) -> dict:
             whole, load = map(float, python(LOAD, env).split())
             total.append(whole)
             loader.append(load)
-    # register() as on this machine: NVML answers (a GPU or not), no override.
-    register = [
-        float(python(REGISTER, {"VLLM_PLUGINS": VLLM_OWN_PLUGINS}))
-        for _ in range(pairs)
-    ]
+    register = {
+        path: stats(
+            [
+                float(python(REGISTER, {**env, "VLLM_PLUGINS": VLLM_OWN_PLUGINS}))
+                for _ in range(pairs)
+            ]
+        )
+        for path, env in REGISTER_PATHS.items()
+    }
     nvml_runs = [
         python(NVML, {"VLLM_PLUGINS": VLLM_OWN_PLUGINS}).split() for _ in range(pairs)
     ]
@@ -188,7 +208,7 @@ def measure(pairs: int) -> dict:
         "load_general_plugins_s": {"with": load_with, "without": load_without},
         "loader_only_s": {"with": stats(loader_with), "without": stats(loader_without)},
         "load_ratio_of_medians": load_with["median"] / load_without["median"],
-        "register_s": stats(register),
+        "register_s": register,
         "nvml_query_s": stats(nvml),
         "patch_on_import_s": stats(patch),
         "modules_added": added,
@@ -211,15 +231,18 @@ def budgets(result: dict) -> list[tuple[str, bool, str]]:
             result["load_ratio_of_medians"] <= 1.02,
             f"{result['load_ratio_of_medians']:.4f}",
         ),
-        (
-            "register() median <= 5 ms without a GPU",
-            result["gpus_seen_by_nvml"] > 0 or result["register_s"]["median"] <= 0.005,
-            f"{result['register_s']['median'] * 1e3:.2f} ms"
-            + (
-                " (a GPU is present: not this budget)"
-                if result["gpus_seen_by_nvml"]
-                else ""
-            ),
+        *(
+            (
+                f"register() median <= 5 ms, {path}",
+                measured["median"] <= 0.005 or queries_a_gpu(path, result),
+                f"{measured['median'] * 1e3:.2f} ms"
+                + (
+                    " (NVML queried a GPU: not this budget)"
+                    if queries_a_gpu(path, result)
+                    else ""
+                ),
+            )
+            for path, measured in result["register_s"].items()
         ),
         (
             "patch on import <= 1 ms",
@@ -234,6 +257,12 @@ def budgets(result: dict) -> list[tuple[str, bool, str]]:
         ("no CUDA initialisation", not result["cuda_initialized"], "none"),
     ]
     return checks
+
+
+def queries_a_gpu(path: str, result: dict) -> bool:
+    """A real NVML query of a real GPU takes ~10 ms by itself (H200: 11.5 ms);
+    the budget is for the plugin's own work."""
+    return path.startswith("NVML") and result["gpus_seen_by_nvml"] > 0
 
 
 def ms(s: dict[str, float]) -> str:
@@ -257,7 +286,8 @@ def main() -> int:
     loader = result["loader_only_s"]
     print(f"{'  of which the loader, with plugin':<40} {ms(loader['with'])}")
     print(f"{'  of which the loader, without plugin':<40} {ms(loader['without'])}")
-    print(f"{'register()':<40} {ms(result['register_s'])}")
+    for path, measured in result["register_s"].items():
+        print(f"{'register(), ' + path:<40} {ms(measured)}")
     print(f"{'NVML query':<40} {ms(result['nvml_query_s'])}")
     print(f"{'patch on import (hook only)':<40} {ms(result['patch_on_import_s'])}")
     print(f"{'vllm-moe-routing status':<40} {ms(result['status_s'])}")
