@@ -36,6 +36,11 @@ CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 CACHE = CACHE / "vllm-moe-routing"
 MATRIX_RESULTS = ROOT / "build" / "matrix"
 
+# uv trusts its own bundled certificates unless told otherwise; pip, which
+# installed nox and uv, uses the system's. Behind a TLS-inspecting proxy or
+# mirror only the system's store verifies the package index.
+os.environ.setdefault("UV_SYSTEM_CERTS", "1")
+
 nox.needs_version = ">=2025.10.14"
 nox.options.default_venv_backend = "uv"
 nox.options.envdir = str(CACHE / "nox")
