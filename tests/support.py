@@ -4,8 +4,13 @@ and fixtures): what is installed, injected versions, a log handler."""
 
 from __future__ import annotations
 
+import enum
 import importlib.metadata
 import logging
+from types import ModuleType
+from typing import Any
+
+from vllm_moe_routing_plugin import targets
 
 
 def installed(distribution: str) -> str | None:
@@ -45,3 +50,39 @@ def versions(**overrides: str | None):
         return installed(distribution)
 
     return version_of
+
+
+# A target of a future vLLM, on stand-in modules (tests that need a shape no
+# released vLLM has).
+
+
+class Methods(enum.IntEnum):
+    """A ``RoutingMethodType`` with both Renormalize members."""
+
+    Default = 0
+    Renormalize = 1
+    DeepSeekV3 = 2
+    RenormalizeNaive = 4
+
+
+STAND_IN_TARGET = targets.Target(
+    "future.module",
+    "Experts",
+    "_supports_routing_method",
+    "method",
+    ((None, None),),
+    "future",
+)
+
+
+def stand_in_module(cls: type, methods: Any = Methods) -> ModuleType:
+    """``future.module`` holding ``cls`` as the stand-in target's class."""
+    module = ModuleType("future.module")
+    module.Experts = cls
+    module.RoutingMethodType = methods
+    return module
+
+
+def supported(cls, moe_config, weight_key, activation_key, activation_format):
+    """An ``is_supported_config`` that accepts every configuration."""
+    return True, None

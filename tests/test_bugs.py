@@ -3,12 +3,11 @@
 the decision, the guard (its reason, the targets it reaches) and the README's
 table read."""
 
-import enum
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
+from support import STAND_IN_TARGET, Methods, stand_in_module, supported
 from vllm_moe_routing_plugin import bugs, envs, patching, policy, targets
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
 
@@ -65,16 +64,6 @@ def test_a_new_entry_reaches_the_decision(monkeypatch):
     assert decide("0.7.0").reason.startswith("flashinfer-python 0.7.0 >= 0.7.0")
 
 
-class Methods(enum.IntEnum):
-    Renormalize = 1
-    DeepSeekV3 = 2
-    RenormalizeNaive = 4
-
-
-def supported(cls, moe_config, weight_key, activation_key, activation_format):
-    return True, None
-
-
 class Experts:
     is_supported_config = staticmethod(supported)
 
@@ -83,21 +72,13 @@ class Experts:
         return routing_method in (Methods.Renormalize, Methods.RenormalizeNaive)
 
 
-TARGET = targets.Target(
-    "future.module", "Experts", "_supports_routing_method", "method",
-    ((None, None),), "future",
-)  # fmt: skip
-
-
 @pytest.mark.parametrize(("reached", "state"), [(True, "patched"), (False, "native")])
 def test_guard_changes_only_the_targets_an_entry_reaches(reached, state):
     cls = type("Experts", (Experts,), {})
-    module = ModuleType("future.module")
-    module.Experts = cls
-    module.RoutingMethodType = Methods
+    module = stand_in_module(cls)
     bug = bugs.FLASHINFER_2822.replace(targets=("Experts",) if reached else ())
     decision = policy.Decision("guard", "test", guard=policy.Guard((bug,), "0.6.6"))
-    outcome = patching.apply(TARGET, module, decision)
+    outcome = patching.apply(STAND_IN_TARGET, module, decision)
     assert outcome.state == state
     assert ("is_supported_config" in vars(cls)) is reached
     if outcome.patch is not None:

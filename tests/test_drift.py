@@ -9,7 +9,8 @@ from types import ModuleType
 
 import pytest
 
-from vllm_moe_routing_plugin import bugs, patching, policy, targets
+from support import STAND_IN_TARGET, Methods, stand_in_module, supported
+from vllm_moe_routing_plugin import bugs, patching, policy
 
 ENABLE = policy.Decision("enable", "test")
 #: flashinfer#2822, as if it reached the stand-in target too.
@@ -20,37 +21,9 @@ GUARD = policy.Decision(
 )
 
 
-class Methods(enum.IntEnum):
-    Default = 0
-    Renormalize = 1
-    DeepSeekV3 = 2
-    RenormalizeNaive = 4
-
-
 class NoNaive(enum.IntEnum):
     Renormalize = 1
     DeepSeekV3 = 2
-
-
-TARGET = targets.Target(
-    "future.module",
-    "Experts",
-    "_supports_routing_method",
-    "method",
-    ((None, None),),
-    "future",
-)
-
-
-def module_with(cls, methods=Methods):
-    module = ModuleType("future.module")
-    module.Experts = cls
-    module.RoutingMethodType = methods
-    return module
-
-
-def supported(cls, moe_config, weight_key, activation_key, activation_format):
-    return True, None
 
 
 class Good:
@@ -98,7 +71,7 @@ def snapshot(cls):
 
 def test_known_shape_is_patched():
     cls = type("Good", (Good,), {})
-    outcome = patching.apply(TARGET, module_with(cls), ENABLE)
+    outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls), ENABLE)
     assert outcome.state == "patched"
     outcome.patch.undo()
 
@@ -121,7 +94,7 @@ def test_known_shape_is_patched():
 def test_unknown_shapes_are_left_alone_and_said(cls, methods, decision, why):
     cls = type(cls.__name__, (cls,), {})
     before = snapshot(cls)
-    outcome = patching.apply(TARGET, module_with(cls, methods), decision)
+    outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, methods), decision)
     assert outcome.state == "unrecognised"
     assert outcome.detail.startswith("left alone: ")
     assert why in outcome.detail
@@ -135,7 +108,7 @@ def test_check_that_raises_something_else_is_left_alone():
         def _supports_routing_method(routing_method, weight_key, activation_key):
             raise KeyError("new quant key table")
 
-    outcome = patching.apply(TARGET, module_with(Raising), ENABLE)
+    outcome = patching.apply(STAND_IN_TARGET, stand_in_module(Raising), ENABLE)
     assert outcome.state == "unrecognised"
     assert "KeyError" in outcome.detail
     assert "_supports_routing_method" in vars(Raising)
@@ -147,4 +120,4 @@ def test_check_that_raises_something_else_is_left_alone():
 def test_missing_class_is_absent():
     module = ModuleType("future.module")
     module.RoutingMethodType = Methods
-    assert patching.apply(TARGET, module, ENABLE).state == "absent"
+    assert patching.apply(STAND_IN_TARGET, module, ENABLE).state == "absent"
