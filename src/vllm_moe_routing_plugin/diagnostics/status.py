@@ -170,8 +170,7 @@ def preview_targets(
         row = TargetRow(target.path, target.name, target.releases, "absent")
         rows.append(row)
         if not vllm_has_module(target.module):
-            outcomes.append(patching.Outcome(target, "absent"))
-            continue
+            continue  # absent; the log line leaves absent targets out
         if target.module not in sys.modules and imports_flashinfer(target.module):
             row.state = "not-probed"
             row.detail = "importing it imports FlashInfer; patched when vLLM imports it"
