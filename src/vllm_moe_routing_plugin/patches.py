@@ -19,6 +19,8 @@ recognises its own work (loading twice patches once). ``patching`` decides
 which replacement a target gets, verifies it and reports it.
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable
 from typing import Any
 

@@ -6,6 +6,8 @@ handed (``decide``) or what the decision can use (``decide_here``). The
 decision table is the README's ("What the plugin decides").
 """
 
+from __future__ import annotations
+
 from collections.abc import Callable, Mapping
 from typing import Literal
 

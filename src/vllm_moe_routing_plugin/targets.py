@@ -8,6 +8,8 @@ quant keys and routing methods are vLLM's; their values move between
 releases, so they are looked up by name.
 """
 
+from __future__ import annotations
+
 from collections.abc import Iterable
 from typing import Literal
 
