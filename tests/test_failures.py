@@ -69,7 +69,7 @@ def test_failing_registration_with_vllm_is_a_warning_and_the_plugin_goes_on(
 
 
 def test_version_lookup_failure_does_not_escape(monkeypatch, records):
-    monkeypatch.setattr(importlib.metadata, "version", boom)
+    monkeypatch.setattr(importlib.metadata, "distribution", boom)
     monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
     register()
     assert any(

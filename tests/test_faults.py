@@ -119,14 +119,14 @@ DISTRIBUTIONS = list(facts.DECIDING)  # what register() looks up
 @pytest.mark.parametrize("distribution", DISTRIBUTIONS)
 def test_metadata_lookup_fails(distribution, monkeypatch, records):
     present()
-    real = facts.importlib.metadata.version
+    real = facts.importlib.metadata.distribution
 
-    def version(name):
+    def lookup(name):
         if name == distribution:
             raise Fault("injected")
         return real(name)
 
-    monkeypatch.setattr(facts.importlib.metadata, "version", version)
+    monkeypatch.setattr(facts.importlib.metadata, "distribution", lookup)
     warnings = load_plugins(monkeypatch, records)
     assert len(warnings) == 1, warnings
     assert "reading package versions failed (Fault: injected)" in warnings[0]
