@@ -77,12 +77,15 @@ class Env(NamedTuple):
         )
 
 
+#: The FlashInfer advised to vLLM 0.18/0.19 users (docs/flashinfer-advice.md).
+ADVISED_FLASHINFER = "0.6.8.post1"
+
 PLAIN = Env(None)
-PATCH_PATH = Env("0.19.1", FIXED_FLASHINFER)
+PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
 
 #: The test command's environments, and the interpreters they run under
 #: (None: the Python nox runs under). plain: no vLLM (decision, facts,
-#: settings, status without vLLM); 0.19.1 + FlashInfer 0.6.7: the patch path
+#: settings, status without vLLM); 0.19.1 + the advised FlashInfer: the patch path
 #: and vLLM's FP8 backend selection; 0.19.1 as pinned: the guard with the real
 #: FlashInfer 0.6.6 (NVFP4 and MXFP4 backend selection); 0.17.1 as pinned: the
 #: guard on the 0.17 FP8 class; 0.33.0: the native path. The oldest and newest
@@ -110,6 +113,22 @@ MATRIX = [
     for env in [Env(release)]
     + ([Env(release, FIXED_FLASHINFER)] if release in PINNED_BEFORE_FIX else [])
 ]
+
+
+#: What a vLLM 0.18/0.19 user could install over the FlashInfer 0.6.6 pin for
+#: the fixed routing (flashinfer-cubin exists at each version): the first
+#: fixed release, the one vLLM 0.20 moved to, the newest 0.6.x whose
+#: ``flashinfer.comm`` imports without new dependencies (0.6.10 - 0.6.13 import
+#: ``cuda.tile`` there), and the newest 0.6.x with a flashinfer-cubin wheel.
+#: ``bindings`` checks each against vLLM's calls.
+ADVICE_RELEASES = ["0.18.1", "0.19.1"]
+ADVICE_CANDIDATES = ["0.6.7", "0.6.8.post1", "0.6.9", "0.6.13"]
+BINDINGS = [
+    Env(release, flashinfer)
+    for release in ADVICE_RELEASES
+    for flashinfer in [None, *ADVICE_CANDIDATES]
+]
+BINDINGS_RESULTS = ROOT / "build" / "bindings"
 
 
 def install(session: nox.Session, env: Env) -> None:
@@ -216,8 +235,9 @@ def status(session: nox.Session) -> None:
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """What the plugin costs a vLLM process (benchmarks/plugin_overhead.py)."""
-    install(session, PATCH_PATH)
+    """What the plugin costs a vLLM process (benchmarks/plugin_overhead.py),
+    in vLLM 0.19.1 with FlashInfer 0.6.7 (the results file names both)."""
+    install(session, Env("0.19.1", FIXED_FLASHINFER))
     session.run("python", "benchmarks/plugin_overhead.py", *session.posargs)
 
 
@@ -263,4 +283,35 @@ def compatibility(session: nox.Session) -> None:
     session.run(
         sys.executable, str(ROOT / "scripts" / "compatibility.py"),
         str(MATRIX_RESULTS), *(env.name for env in MATRIX),
+    )  # fmt: skip
+
+
+@nox.session(tags=["advice"])
+@nox.parametrize("env", BINDINGS, ids=[env.name for env in BINDINGS])
+def bindings(session: nox.Session, env: Env) -> None:
+    """vLLM's calls into FlashInfer bound to one candidate FlashInfer
+    (``vllm-moe-routing bindings``), and the binding tests; ``advice`` writes
+    the table in docs/flashinfer-advice.md."""
+    session.notify("advice")
+    install(session, env)
+    BINDINGS_RESULTS.mkdir(parents=True, exist_ok=True)
+    result = BINDINGS_RESULTS / f"{env.name}.json"
+    with result.open("w") as out:
+        session.run(
+            "vllm-moe-routing", "bindings", "--json",
+            stdout=out, stderr=subprocess.DEVNULL, success_codes=[0, 1],
+        )  # fmt: skip
+    session.run("vllm-moe-routing", "bindings", success_codes=[0, 1])
+    session.run(
+        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+        "tests/test_bindings.py",
+    )  # fmt: skip
+
+
+@nox.session(python=False)
+def advice(session: nox.Session) -> None:
+    """docs/flashinfer-advice.md's binding table from the ``bindings`` results."""
+    session.run(
+        sys.executable, "scripts/flashinfer_advice.py", str(BINDINGS_RESULTS),
+        *[env.name for env in BINDINGS],
     )  # fmt: skip

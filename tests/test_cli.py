@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from support import FLASHINFER, VLLM
-from vllm_moe_routing_plugin.diagnostics import cli
+from vllm_moe_routing_plugin.diagnostics import advice, cli
 from vllm_moe_routing_plugin.diagnostics import status as status_report
 
 
@@ -94,7 +94,7 @@ def test_human_report_answers_first():
 
 NO_SIDE_EFFECTS = """
 import sys
-from vllm_moe_routing_plugin.diagnostics import cli
+from vllm_moe_routing_plugin.diagnostics import advice, cli
 from vllm_moe_routing_plugin.diagnostics import status as status_report
 code = cli.main(["status", "--capability", "10.0"])
 import torch
@@ -137,7 +137,15 @@ def test_targets_before_and_after_on_0_19():
         "(installed over it)",
         f"flashinfer-cubin {FLASHINFER} is newer than vLLM's pin ==0.6.6 "
         "(installed over it)",
+        *(
+            [advice.never_shipped_note(data["packages"])]
+            if FLASHINFER == "0.6.7"
+            else []
+        ),
     ]
+    if FLASHINFER == "0.6.7":
+        assert "vLLM PR #38188" in data["package_notes"][-1]
+    assert data["advice"] is None  # the fix is installed: nothing to advise
 
 
 @pytest.mark.vllm(">=0.26")

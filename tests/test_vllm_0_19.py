@@ -140,7 +140,8 @@ def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, recor
     # The replacement wraps vLLM's original, not an earlier replacement.
     assert first.__func__._vllm_moe_routing_plugin_original is raw.__func__
     assert records.lines() == [
-        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100) - "
+        f"moe_routing 0.1.0: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
+        "GPU 0 sm_100) - "
         "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, "
         "flashinfer_trtllm_moe._supports_routing_method_bf16 native, "
         "TrtLlmNvFp4ExpertsMonolithic native, TrtLlmMxfp4ExpertsMonolithic native"
@@ -185,7 +186,8 @@ def test_vllm_loader_finds_the_plugin_and_patches_lazily():
     assert "accepts Renormalize: True" in result.stdout
     log = result.stdout  # vLLM's handler writes to stdout (VLLM_LOGGING_STREAM)
     assert (
-        "moe_routing 0.1.0: enable (flashinfer-python 0.6.7 >= 0.6.7; GPU 0 sm_100) - "
+        f"moe_routing 0.1.0: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
+        "GPU 0 sm_100) - "
         # no flashinfer_fp4_moe: its file outlives the function the plugin targets
         "checked on import: flashinfer_trtllm_moe, trtllm_fp8_moe, trtllm_mxfp4_moe, "
         "trtllm_nvfp4_moe\n" in log

@@ -1,9 +1,12 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The ``vllm-moe-routing`` command: ``status`` (the default) and ``verify``.
+"""The ``vllm-moe-routing`` command: ``status`` (the default), ``verify`` and
+``bindings``.
 
 Exit codes: ``status`` 0 when the plugin will load and act as reported, 1
 when something stops it (its ``problems``); ``verify`` 0 pass, 1 mismatch,
-2 nothing could run here; 2 for a usage error (argparse).
+2 nothing could run here; ``bindings`` 0 when every reference of vLLM's
+fused-MoE code binds, 1 when one does not, 2 when vLLM or FlashInfer is not
+installed; 2 for a usage error (argparse).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from .. import envs, policy
-from . import status, verify
+from . import bindings, status, verify
 
 
 def _capabilities(text: str) -> tuple[envs.Capability, ...]:
@@ -73,6 +76,11 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--quick", action="store_true", help=f"token counts {verify.QUICK_TOKENS} only"
     )
+    binding = commands.add_parser(
+        "bindings",
+        help="check that vLLM's calls into FlashInfer bind to the installed FlashInfer",
+    )
+    binding.add_argument("--json", action="store_true", help="one JSON object")
     return top
 
 
@@ -97,6 +105,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = verify.verify(args, os.environ)
         print(json.dumps(result, indent=2) if args.json else verify.render(result))
         return verify.verify_exit(result)
+    if args.command == "bindings":
+        with _stdout_to_stderr():
+            checked = bindings.run()
+        print(
+            json.dumps(checked.to_json(), indent=2)
+            if args.json
+            else bindings.render(checked)
+        )
+        return bindings.exit_status(checked)
     with _stdout_to_stderr():
         report = status.collect(args, os.environ)
     if args.json:

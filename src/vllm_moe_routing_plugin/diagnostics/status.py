@@ -28,6 +28,7 @@ from ..about import PLUGIN, __version__
 from ..bugs import RENORMALIZE_METHODS
 from ..errors import describe_error
 from ..vllm_source import imports_flashinfer, vllm_has_module
+from .advice import Recommendation, never_shipped_note, recommend
 
 ENTRY_POINT_GROUP = "vllm.general_plugins"
 
@@ -95,6 +96,7 @@ class StatusReport:
     targets: list[TargetRow]
     vllm_problem: str | None
     problems: list[str]
+    advice: Recommendation | None = None  # what to install, where known
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -299,7 +301,10 @@ def collect(
             for r in settings.readings
         ],
         packages=dict(found.versions),
-        package_notes=pin_notes(found.versions, facts.vllm_pins(requires_of)),
+        package_notes=[
+            *pin_notes(found.versions, facts.vllm_pins(requires_of)),
+            *filter(None, [never_shipped_note(found.versions)]),
+        ],
         gpus=[
             GpuRow(
                 index=g.ordinal,
@@ -314,6 +319,7 @@ def collect(
         targets=rows,
         vllm_problem=vllm_problem,
         problems=problems,
+        advice=recommend(decision, found.versions),
     )
 
 
@@ -332,6 +338,9 @@ def render(status: StatusReport) -> str:
         add(f"assumed   {', '.join(status.assumed)} (what-if flags)")
     for problem in status.problems:
         add(f"problem   {problem}")
+    if status.advice is not None:
+        add(f"advice    {status.advice.command}")
+        add(f"          {status.advice.reason}")
     add("")
     add("targets")
     if status.vllm_problem:
