@@ -245,4 +245,8 @@ def test_the_command_prints_the_report_and_exits_by_it(capsys):
     report = json.loads(capsys.readouterr().out)
     assert code == (0 if report["ok"] else 1)
     assert report["vllm"] == facts.installed_version(facts.VLLM)
-    assert report["moe"]["calls"] >= report["moe"]["calls_bind"] > 0
+    if report["import_error"] is None:
+        assert report["moe"]["calls"] >= report["moe"]["calls_bind"] > 0
+    else:  # FlashInfer does not import here: said once, nothing bound
+        assert report["moe"]["calls"] == 0
+        assert code == 1
