@@ -100,7 +100,7 @@ current.apply_module = timed
 import vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe
 import vllm.model_executor.layers.fused_moe.experts.trtllm_nvfp4_moe
 import vllm.model_executor.layers.fused_moe.experts.trtllm_mxfp4_moe
-print(spent[0], *spent[1:])
+print(*spent)
 """
 
 MODULES = """

@@ -29,7 +29,6 @@ import importlib
 import importlib.metadata
 import importlib.util
 import inspect
-import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -80,6 +79,11 @@ class Checked:
     state: State
     detail: str = ""
 
+    @property
+    def failed(self) -> bool:
+        """Bound, or a callable without a signature to bind (nothing wrong known)."""
+        return self.state not in ("binds", "no-signature")
+
 
 @dataclass(frozen=True)
 class EnumMeaning:
@@ -108,7 +112,7 @@ class Report:
         return [c for c in self.checked if c.reference.moe == moe]
 
     def failures(self, moe: bool = True) -> list[Checked]:
-        return [c for c in self.of(moe) if c.state not in ("binds", "no-signature")]
+        return [c for c in self.of(moe) if c.failed]
 
     @property
     def ok(self) -> bool:
@@ -141,7 +145,7 @@ class Report:
             "failures": [
                 {**asdict(c.reference), "state": c.state, "detail": c.detail}
                 for c in self.checked
-                if c in self.failures(True) or c in self.failures(False)
+                if c.failed
             ],
             "routing_methods": [asdict(m) for m in self.routing_methods],
             "unmet_requirements": self.unmet_requirements,
@@ -466,7 +470,6 @@ def run(root: Path | None = None, version_of: VersionOf = installed_version) -> 
         return report
     # FlashInfer 0.6.x refuses to import when a companion wheel's version
     # differs; that refusal is itself a finding, so the check is not bypassed.
-    os.environ.setdefault("FLASHINFER_LOGGING_LEVEL", "ERROR")
     try:
         importlib.import_module("flashinfer")
     except Exception as exc:
