@@ -41,7 +41,9 @@ and the decision the installed FlashInfer produces; `tests/test_kernel_check.py`
 binds `verify`'s kernel-check arguments to the installed FlashInfer's own
 signatures (its tests that need a CUDA GPU are skipped here). Target states are
 those of the installed FlashInfer's decision: `patched`, `native` (vLLM already
-answers what the decision wants), `-` (absent in that release).
+answers what the decision wants), `-` (absent in that release). The last column
+names the known bugs (docs/known-bugs.md) that reach the install with an SM100
+GPU, found by vLLM's own routing checks, and what the plugin does about each.
 """
 
 
@@ -57,7 +59,7 @@ def render(rows: list[dict]) -> str:
         INTRO,
     ]
     present = [t for t in TARGET_ORDER if any(f"installed:{t}" in r for r in rows)]
-    header = ["vLLM", "flashinfer-python", "action", *present, "tests"]
+    header = ["vLLM", "flashinfer-python", "action", *present, "tests", "known bugs"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in rows:
@@ -67,6 +69,7 @@ def render(rows: list[dict]) -> str:
             row.get("action") or "?",
             *[_state(row.get(f"installed:{t}")) for t in present],
             _tests(row),
+            ", ".join(row.get("known_bugs") or []) or "none",
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Log lines of the installed decision:", ""]

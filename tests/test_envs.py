@@ -56,9 +56,50 @@ def test_capabilities_rejected(raw):
 
 def test_defaults_when_unset():
     config = envs.read({})
-    assert (config.disabled, config.renormalize, config.capabilities) == (
-        False,
-        "auto",
-        None,
-    )
-    assert [r.raw for r in config.readings] == [None, None, None]
+    assert (
+        config.disabled,
+        config.renormalize,
+        config.capabilities,
+        config.bug_actions,
+    ) == (False, "auto", None, ())
+    assert [r.raw for r in config.readings] == [None, None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("flashinfer#3946=guard", (("flashinfer#3946", "guard"),)),
+        (
+            " FlashInfer#3946 = GUARD , vllm#43769=ignore,",
+            (("flashinfer#3946", "guard"), ("vllm#43769", "ignore")),
+        ),
+        (
+            "flashinfer#3946=warn,flashinfer#3946=ignore",
+            (("flashinfer#3946", "ignore"),),
+        ),
+        (" , ", ()),
+    ],
+)
+def test_bug_actions(raw, value):
+    config = envs.read({envs.KNOWN_BUGS_VAR: raw})
+    assert config.bug_actions == value
+    assert config.problems == ()
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        ("flashinfer#3946", "expected a comma-separated list"),
+        ("3946=guard", "expected a comma-separated list"),
+        ("flashinfer#=guard", "expected a comma-separated list"),
+        ("flashinfer#3946=off", "flashinfer#3946: expected guard, warn or ignore"),
+        ("flashinfer#\u0663=guard", "ASCII"),  # an Arabic-Indic digit
+    ],
+)
+def test_bug_actions_rejected(raw, problem):
+    config = envs.read({envs.KNOWN_BUGS_VAR: raw})
+    assert config.bug_actions == ()
+    assert len(config.problems) == 1
+    assert envs.KNOWN_BUGS_VAR in config.problems[0]
+    assert problem in config.problems[0]
+    assert "(each entry's own action)" in config.problems[0]

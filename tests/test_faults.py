@@ -82,7 +82,17 @@ def load_plugins(monkeypatch, records):
     except BaseException:
         TALLY["escaped"] += 1
         raise
-    return records.lines(logging.WARNING)
+    return failures(records)
+
+
+def failures(records) -> list[str]:
+    """The WARNINGs about failures: the one naming the known bugs that reach
+    this install (FlashInfer as pinned, e.g. 0.6.6) is not about a failure."""
+    return [
+        line
+        for line in records.lines(logging.WARNING)
+        if not line.startswith("moe_routing: known bugs reach this install")
+    ]
 
 
 def assert_whole(failed: set[targets.Target] = frozenset()) -> None:
@@ -101,7 +111,7 @@ def assert_whole(failed: set[targets.Target] = frozenset()) -> None:
             assert LOCATE(target, check.module).accepted() == before, target.name
         else:
             changed = {k for k in now if now[k] is not attributes.get(k)}
-            expected = {outcome.patch.attr}
+            expected = set(outcome.patch.attrs)
             if changed != expected:
                 TALLY["partial"] += 1
             assert changed == expected, target.name
@@ -276,7 +286,7 @@ def test_hook_fails_to_watch_an_import(monkeypatch, records):
     warnings = load_plugins(monkeypatch, records)
     assert warnings == []
     module = __import__(fp8, fromlist=["_"])
-    warnings = records.lines(logging.WARNING)
+    warnings = failures(records)
     assert len(warnings) == 1, warnings
     assert f"watching the import of {fp8} failed (Fault: injected)" in warnings[0]
     assert not any(

@@ -67,11 +67,25 @@ def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
 
 
 @fixed_flashinfer
-def test_enable_leaves_the_bf16_function_native(functions):
+def test_enable_keeps_renormalize_on_the_bf16_function(functions):
+    """The function accepts both methods already; only vllm#43769 (vLLM 0.19
+    calls the kernel without routed_scaling_factor) takes DeepSeekV3 away."""
     original = functions._supports_routing_method_bf16
     current = activation.activate(SM100)
-    states = {o.target.name: o.state for o in current.outcomes.values()}
-    assert states["flashinfer_trtllm_moe._supports_routing_method_bf16"] == "native"
+    outcome = next(
+        o
+        for o in current.outcomes.values()
+        if o.target.name == "flashinfer_trtllm_moe._supports_routing_method_bf16"
+    )
+    assert (outcome.state, outcome.detail) == (
+        "patched",
+        "-DeepSeekV3 (all shapes: no shape visible)",
+    )
+    check = functions._supports_routing_method_bf16
+    assert accepted(check, call="function") == {
+        "Default", "Renormalize", "Llama4", "RenormalizeNaive",
+    }  # fmt: skip
+    activation.deactivate()
     assert functions._supports_routing_method_bf16 is original
 
 
@@ -84,7 +98,9 @@ def test_guard_removes_both_methods_from_the_bf16_function(injected, functions, 
     current = activation.activate(SM100, version_of=BUGGY if injected else versions())
     assert current.decision.action == "guard"
     check = functions._supports_routing_method_bf16
-    assert accepted(check, call="function") == {"Default", "DeepSeekV3", "Llama4"}
+    # DeepSeekV3 too: vLLM 0.19's BF16 path drops routed_scaling_factor
+    # (vllm#43769, a catalogue entry of its own).
+    assert accepted(check, call="function") == {"Default", "Llama4"}
     # vLLM 0.19.1 already refuses both for FP8 monolithic: nothing to do there.
     states = {o.target.name: o.state for o in current.outcomes.values()}
     assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
@@ -139,14 +155,24 @@ def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, recor
     assert vars(fp8)["_supports_routing_method"] is first
     # The replacement wraps vLLM's original, not an earlier replacement.
     assert first.__func__._vllm_moe_routing_plugin_original is raw.__func__
+    # flashinfer#3875 came with FlashInfer 0.6.8's routing code.
+    since_0_6_8 = Version(FLASHINFER).release >= (0, 6, 8)
+    warned = ["flashinfer#3803", "flashinfer#3946"]
+    warned += ["flashinfer#3875"] if since_0_6_8 else []
     assert records.lines() == [
         f"moe_routing 0.1.0: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
         "GPU 0 sm_100) - "
         "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, "
-        "flashinfer_trtllm_moe._supports_routing_method_bf16 native, "
-        "TrtLlmNvFp4ExpertsMonolithic native, TrtLlmMxfp4ExpertsMonolithic native"
+        "flashinfer_trtllm_moe._supports_routing_method_bf16 -DeepSeekV3 "
+        "(all shapes: no shape visible), "
+        "TrtLlmNvFp4ExpertsMonolithic native, TrtLlmMxfp4ExpertsMonolithic native; "
+        "known bugs: "
+        + ", ".join(f"{bug_id} warned" for bug_id in warned)
+        + ", vllm#43769 guarded, flashinfer#4237 warned"
     ]
-    assert records.lines(logging.WARNING) == []
+    warnings = records.lines(logging.WARNING)
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("moe_routing: known bugs reach this install")
 
 
 def test_plugin_variables_are_registered_with_vllm():
@@ -157,6 +183,7 @@ def test_plugin_variables_are_registered_with_vllm():
         "VLLM_MOE_ROUTING_PLUGIN_DISABLE",
         "VLLM_MOE_ROUTING_RENORMALIZE",
         "VLLM_MOE_ROUTING_DEVICE_CAPABILITY",
+        "VLLM_MOE_ROUTING_KNOWN_BUGS",
     ):
         assert name in vllm.envs.environment_variables
 

@@ -73,6 +73,7 @@ class Activation:
         self.pending: set[str] = set()
         self.hook: ImportHook | None = None
         self.line_logged = False
+        self.warned: set[str] = set()  # known bugs already warned about
 
     def on_import(self, module: ModuleType) -> None:
         """Apply the decision to the targets of a module vLLM just imported.
@@ -113,7 +114,20 @@ class Activation:
             self.line_logged = True
             logger.info("%s", self.line())
         elif new and any(o.state not in ("absent", "untouched") for o in new):
-            logger.info("%s", log_line.import_line(new))
+            logger.info("%s", log_line.import_line(new, self.decision))
+        self.warn_bugs()
+
+    def warn_bugs(self) -> None:
+        """One WARNING for the known bugs that newly reach a target patched so
+        far and that the plugin only warns about."""
+        new = [
+            finding
+            for finding in log_line.reached(self.decision, self.outcomes.values())
+            if finding.action == "warn" and finding.bug.id not in self.warned
+        ]
+        if new:
+            self.warned.update(finding.bug.id for finding in new)
+            logger.warning("%s", log_line.warning(new))
 
     def undo(self) -> None:
         """Remove the hook and put every patched attribute back, newest first."""

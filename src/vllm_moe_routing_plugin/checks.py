@@ -163,3 +163,36 @@ def _unwrap_ours(func: Any) -> Any:
 def is_ours(value: Any) -> bool:
     func = value.__func__ if isinstance(value, staticmethod) else value
     return hasattr(func, MARKER)
+
+
+def lacks_keyword(module: ModuleType, path: str | None, keyword: str) -> bool:
+    """Whether the function at ``path`` in ``module`` (``"Class.method"`` or
+    ``"function"``) makes no call that passes ``keyword`` by name.
+
+    Read from the compiled code, not the source: every call with keyword
+    arguments keeps their names in a tuple among the code's constants (Python
+    3.10 - 3.13). False where the function cannot be found: a bug in vLLM's code
+    is reported only where its code shows it.
+    """
+    if path is None:
+        return False
+    owner: Any = module
+    for name in path.split("."):
+        owner = inspect.getattr_static(owner, name, None)
+        if isinstance(owner, (staticmethod, classmethod)):
+            owner = owner.__func__
+        if owner is None:
+            return False
+    code = getattr(inspect.unwrap(owner), "__code__", None)
+    if code is None:
+        return False
+    return not _passes_keyword(code, keyword)
+
+
+def _passes_keyword(code: Any, keyword: str) -> bool:
+    for constant in code.co_consts:
+        if isinstance(constant, tuple) and keyword in constant:
+            return True
+        if hasattr(constant, "co_consts") and _passes_keyword(constant, keyword):
+            return True
+    return False

@@ -18,9 +18,14 @@ from typing import Any, Literal
 DISABLE_VAR = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
 RENORMALIZE_VAR = "VLLM_MOE_ROUTING_RENORMALIZE"
 DEVICE_CAPABILITY_VAR = "VLLM_MOE_ROUTING_DEVICE_CAPABILITY"
+KNOWN_BUGS_VAR = "VLLM_MOE_ROUTING_KNOWN_BUGS"
 
 Renormalize = Literal["auto", "enable", "disable"]
 Capability = tuple[int, int]
+#: What a user asks for one known-bug entry: refuse its layers, only warn, or
+#: neither.
+BugAction = Literal["guard", "warn", "ignore"]
+BUG_ACTIONS: tuple[BugAction, ...] = ("guard", "warn", "ignore")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -71,6 +76,35 @@ def parse_capabilities(raw: str) -> tuple[Capability, ...]:
     return tuple(capabilities)
 
 
+def parse_bug_actions(raw: str) -> tuple[tuple[str, BugAction], ...]:
+    """Parse ``"flashinfer#3946=guard, flashinfer#4237=ignore"`` into
+    ``(("flashinfer#3946", "guard"), ("flashinfer#4237", "ignore"))``.
+
+    Only the spelling is checked here; whether an id is in the catalogue is the
+    decision's business (``policy``), which reports ids it does not know.
+    """
+    pairs: dict[str, BugAction] = {}
+    for item in raw.split(","):
+        if not item.strip():
+            continue
+        bug_id, equals, action = (part.strip().lower() for part in item.partition("="))
+        project, hash_sign, number = bug_id.partition("#")
+        if not (equals and hash_sign and project.isalpha() and number.isdigit()):
+            raise InvalidValue(
+                "expected a comma-separated list of <project>#<number>=<action>, "
+                "e.g. flashinfer#3946=guard"
+            )
+        if not number.isascii():
+            raise InvalidValue("issue numbers are written with ASCII digits")
+        for known in BUG_ACTIONS:
+            if action == known:
+                pairs[bug_id] = known
+                break
+        else:
+            raise InvalidValue(f"{bug_id}: expected guard, warn or ignore")
+    return tuple(pairs.items())
+
+
 class Variable:
     """One environment variable of the plugin, as documented in the README."""
 
@@ -113,6 +147,13 @@ VARIABLES: tuple[Variable, ...] = (
         "10.0, 10.3, ... (comma list for several GPUs)",
         "GPU compute capabilities to assume instead of asking NVML",
     ),
+    Variable(
+        KNOWN_BUGS_VAR,
+        (),
+        parse_bug_actions,
+        "flashinfer#3946=guard,flashinfer#4237=ignore, ... (guard, warn, ignore)",
+        "turn one known-bug entry's action up or down (docs/known-bugs.md)",
+    ),
 )
 
 
@@ -137,7 +178,7 @@ class Reading:
 class Settings:
     """The plugin's settings for this process."""
 
-    __slots__ = ("capabilities", "disabled", "readings", "renormalize")
+    __slots__ = ("bug_actions", "capabilities", "disabled", "readings", "renormalize")
 
     def __init__(
         self,
@@ -145,11 +186,13 @@ class Settings:
         renormalize: Renormalize = "auto",
         capabilities: tuple[Capability, ...] | None = None,
         readings: tuple[Reading, ...] = (),
+        bug_actions: tuple[tuple[str, BugAction], ...] = (),
     ) -> None:
         self.disabled = disabled
         self.renormalize = renormalize
         self.capabilities = capabilities
         self.readings = readings
+        self.bug_actions = bug_actions  # (entry id, action) the user asked for
 
     @property
     def problems(self) -> tuple[str, ...]:
@@ -167,6 +210,8 @@ def _show_default(value: Any) -> str:
         return "(NVML)"
     if isinstance(value, bool):
         return "0" if not value else "1"
+    if value == ():
+        return "(each entry's own action)"
     return str(value)
 
 
@@ -195,6 +240,7 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
         renormalize=by_name[RENORMALIZE_VAR],
         capabilities=by_name[DEVICE_CAPABILITY_VAR],
         readings=tuple(readings),
+        bug_actions=by_name[KNOWN_BUGS_VAR],
     )
 
 

@@ -7,8 +7,9 @@ replacement                   what it replaces, and when
 ============================  =========================================================
 ``widened_routing_check``     a class's ``_supports_routing_method``; ``enable``
 ``narrowed_routing_function`` a module function ``_supports_routing_method[_bf16]``
-                              of vLLM 0.16 - 0.19; ``guard``
-``guarded_config_check``      a monolithic class's ``is_supported_config``; ``guard``
+                              of vLLM 0.16 - 0.19; a catalogue entry to guard
+``guarded_config_check``      a monolithic class's ``is_supported_config``; a
+                              catalogue entry to guard
 ============================  =========================================================
 
 Each keeps vLLM's original and calls it first, so every answer the decision
@@ -97,23 +98,25 @@ def narrowed_routing_function(
     return replacement
 
 
-def guarded_config_check(
-    original: Callable[..., Any], refused: tuple[Any, ...], guard: Guard
-) -> Any:
-    """``is_supported_config`` that refuses the refused routing methods for the
-    layers inside the guard's envelope, after the original accepted them.
+def guarded_config_check(original: Callable[..., Any], guard: Guard) -> Any:
+    """``is_supported_config`` that refuses the guard's routing methods for the
+    layers inside its entries' envelopes, after the original accepted them.
 
-    Why: a known bug (``bugs.KNOWN_BUGS``) makes the installed FlashInfer's
-    in-kernel routing wrong for some layer shapes only; a blanket refusal
-    would move models outside the envelope (Qwen3-30B-A3B, gpt-oss,
-    Qwen3-Next) off the fused kernel for nothing.
+    Why: a known bug (``bugs.KNOWN_BUGS``) makes the in-kernel routing wrong
+    for some routing methods, and for some of them only for some layer shapes;
+    a blanket refusal of Renormalize would move models outside flashinfer#2822's
+    envelope (Qwen3-30B-A3B, gpt-oss, Qwen3-Next) off the fused kernel for
+    nothing.
     How: the routing check cannot see the layer's shape; this check can
-    (``moe_config.num_experts``, ``moe_config.experts_per_token``). The answer
-    ``(False, reason)`` makes vLLM's oracle pick the modular class or another
-    backend for exactly those layers, and vLLM logs the reason.
-    Upstream: flashinfer#2744 (the fix for flashinfer#2822, FlashInfer 0.6.7).
-    Remove when: no entry of the catalogue reaches a supported FlashInfer.
+    (``moe_config.num_experts``, ``moe_config.experts_per_token``,
+    ``moe_config.routing_method``). The answer ``(False, reason)`` makes vLLM's
+    oracle pick the modular class (vLLM routes, the same TRT-LLM experts run)
+    or another backend for exactly those layers, and vLLM logs the reason.
+    Upstream: the fix each entry names (flashinfer#2744 for flashinfer#2822).
+    Remove when: no entry of the catalogue with the action ``guard`` reaches a
+    supported vLLM and FlashInfer.
     """
+    refused = guard.methods
 
     def is_supported_config(
         cls: Any, moe_config: Any, *args: Any, **kwargs: Any
@@ -121,12 +124,13 @@ def guarded_config_check(
         supported, reason = original(cls, moe_config, *args, **kwargs)
         if not supported:
             return supported, reason
-        if getattr(moe_config, "routing_method", None) not in refused:
+        method = getattr(getattr(moe_config, "routing_method", None), "name", None)
+        if method not in refused:
             return supported, reason
         num_experts = getattr(moe_config, "num_experts", None)
         top_k = getattr(moe_config, "experts_per_token", None)
-        if guard.refuses(num_experts, top_k):
-            return False, guard.reason(num_experts, top_k)
+        if guard.refuses(num_experts, top_k, method):
+            return False, guard.reason(num_experts, top_k, method)
         return supported, reason
 
     is_supported_config.__doc__ = original.__doc__
@@ -153,6 +157,10 @@ class Patch:
         self.had_own = had_own
         self.replacement = replacement
 
+    @property
+    def attrs(self) -> tuple[str, ...]:
+        return (self.attr,)
+
     def apply(self) -> None:
         setattr(self.owner, self.attr, self.replacement)
 
@@ -161,6 +169,24 @@ class Patch:
             setattr(self.owner, self.attr, self.original)
         elif self.attr in vars(self.owner):
             delattr(self.owner, self.attr)
+
+
+class Patches:
+    """Several attributes of one class replaced together (the routing check
+    widened and ``is_supported_config`` guarded); undone newest first."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self, parts: tuple[Patch, ...]) -> None:
+        self.parts = parts
+
+    @property
+    def attrs(self) -> tuple[str, ...]:
+        return tuple(part.attr for part in self.parts)
+
+    def undo(self) -> None:
+        for part in reversed(self.parts):
+            part.undo()
 
 
 def install(owner: Any, attr: str, replacement: Any, *, static: bool) -> Patch:

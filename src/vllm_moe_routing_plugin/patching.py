@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import inspect
 import sys
+from collections.abc import Callable
 from types import ModuleType
 from typing import Any, Literal
 
 from . import checks, patches
-from .bugs import RENORMALIZE_METHODS
+from .bugs import RENORMALIZE_METHODS, KnownBug
 from .checks import RoutingCheck, Unrecognised, is_ours
 from .errors import describe_error
-from .patches import Patch
-from .policy import Decision, Guard
+from .patches import Patch, Patches
+from .policy import Decision, Finding
 from .targets import Target
 
 #: What happened to a target in this process (the ``state`` of ``status``).
@@ -42,7 +43,7 @@ class Outcome:
     makes it ``untouched`` again. A plain class: a dataclass is generated with
     ``exec`` when its module is imported, in every vLLM process that patches."""
 
-    __slots__ = ("before", "detail", "patch", "state", "target")
+    __slots__ = ("before", "bugs", "detail", "patch", "refused", "state", "target")
 
     def __init__(
         self,
@@ -50,13 +51,17 @@ class Outcome:
         state: State,
         detail: str = "",
         before: dict[str, tuple[str, ...]] | None = None,
-        patch: Patch | None = None,
+        patch: Patch | Patches | None = None,
+        refused: tuple[str, ...] = (),
+        bugs: tuple[str, ...] = (),
     ) -> None:
         self.target = target
         self.state = state
         self.detail = detail
         self.before = before if before is not None else {}
         self.patch = patch
+        self.refused = refused  # methods ``is_supported_config`` now refuses
+        self.bugs = bugs  # ids of the catalogue entries that reach this target
 
     def __repr__(self) -> str:
         return f"Outcome({self.target.name!r}, {self.state!r}, {self.detail!r})"
@@ -84,82 +89,132 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
         )
     if not decision.acts:
         return Outcome(target, "untouched", before=before)
+    bugs = tuple(f.bug.id for f in reached_bugs(found, before, decision))
     if is_ours(vars(found.owner).get(target.check)) or (
         target.owner is not None
         and is_ours(vars(found.owner).get("is_supported_config"))
     ):
-        return Outcome(target, "patched", "already patched in this process", before)
-    wanted = tuple(getattr(found.methods, m) for m in RENORMALIZE_METHODS)
-    try:
-        if decision.action == "enable":
-            return _enable(found, before, wanted)
-        assert decision.guard is not None
-        return _guard(found, before, wanted, decision.guard)
-    except Unrecognised as exc:
-        return Outcome(target, "unrecognised", f"left alone: {exc}", before)
-    except Exception as exc:
-        return Outcome(target, "failed", f"left alone: {describe_error(exc)}", before)
-
-
-def _enable(
-    found: RoutingCheck, before: dict[str, tuple[str, ...]], wanted: tuple[Any, ...]
-) -> Outcome:
-    target = found.target
-    lacking = sorted(
-        {m for names in before.values() for m in RENORMALIZE_METHODS if m not in names},
-        key=RENORMALIZE_METHODS.index,
-    )
-    if not before or not lacking:
-        return Outcome(target, "native", "", before)
-    replacement = patches.widened_routing_check(target, found.check, wanted)
-    patch = patches.install(
-        found.owner, target.check, replacement, static=target.owner is not None
-    )
-    detail = " ".join(f"+{m}" for m in lacking)
-    return _verified(Outcome(target, "patched", detail, before, patch), found)
-
-
-def _guard(
-    found: RoutingCheck,
-    before: dict[str, tuple[str, ...]],
-    wanted: tuple[Any, ...],
-    guard: Guard,
-) -> Outcome:
-    target = found.target
-    accepted = sorted(
-        {m for names in before.values() for m in RENORMALIZE_METHODS if m in names},
-        key=RENORMALIZE_METHODS.index,
-    )
-    if not guard.everywhere:
-        # Only the catalogue's entries whose kernels this target calls.
-        reaching = tuple(bug for bug in guard.bugs if target.name in bug.targets)
-        if not reaching:
-            return Outcome(target, "native", "", before)
-        guard = Guard(reaching, guard.flashinfer)
-    if not accepted:
-        return Outcome(target, "native", "", before)
-    refused = " ".join(f"-{m}" for m in accepted)
-    if target.owner is None:
-        replacement = patches.narrowed_routing_function(target, found.check, wanted)
-        patch = patches.install(found.owner, target.check, replacement, static=False)
-        scope = "all shapes" if guard.everywhere else "all shapes: no shape visible"
-        return _verified(
-            Outcome(target, "patched", f"{refused} ({scope})", before, patch), found
+        return Outcome(
+            target, "patched", "already patched in this process", before, bugs=bugs
         )
+    try:
+        outcome = _bring_in_line(found, before, decision)
+    except Unrecognised as exc:
+        outcome = Outcome(target, "unrecognised", f"left alone: {exc}", before)
+    except Exception as exc:
+        outcome = Outcome(
+            target, "failed", f"left alone: {describe_error(exc)}", before
+        )
+    outcome.bugs = bugs
+    return outcome
+
+
+def reaches(bug: KnownBug, found: RoutingCheck, accepted: set[str]) -> bool:
+    """Whether a catalogue entry reaches this target, given the routing methods
+    vLLM's own check accepts for it: the entry names the target, and vLLM lets
+    a layer of one of its routing methods in (a bug that is not a routing bug
+    reaches every layer of the target); for a bug in vLLM's code, probing the
+    code finds it."""
+    if found.target.name not in bug.targets:
+        return False
+    if bug.methods and not accepted.intersection(bug.methods):
+        return False
+    if bug.defect is not None:
+        caller = bug.defect.callers.get(found.target.name)
+        return checks.lacks_keyword(found.module, caller, bug.defect.keyword)
+    return True
+
+
+def reached_bugs(
+    found: RoutingCheck, before: dict[str, tuple[str, ...]], decision: Decision
+) -> tuple[Finding, ...]:
+    """The decision's findings (entries this FlashInfer and GPU have) that
+    reach this target."""
+    accepted = {m for names in before.values() for m in names}
+    return tuple(
+        f for f in decision.findings if f.affected and reaches(f.bug, found, accepted)
+    )
+
+
+def _bring_in_line(
+    found: RoutingCheck, before: dict[str, tuple[str, ...]], decision: Decision
+) -> Outcome:
+    target = found.target
+    accepted = {m for names in before.values() for m in names}
+    lacking: list[str] = []
+    if decision.action == "enable" and before:
+        lacking = [
+            m
+            for m in RENORMALIZE_METHODS
+            if any(m not in names for names in before.values())
+        ]
+    guard = decision.guard
+    refused: tuple[str, ...] = ()
+    if guard is not None:
+        guard = guard.only(
+            tuple(
+                bug
+                for bug in guard.bugs
+                if bug.guardable and reaches(bug, found, accepted)
+            )
+        )
+        refused = tuple(m for m in guard.methods if m in accepted)
+    if not lacking and not refused:
+        return Outcome(target, "native", "", before)
+    assert guard is not None or not refused
+    if target.owner is None:
+        assert guard is not None  # module functions accept Renormalize natively
+        values = tuple(getattr(found.methods, m) for m in refused)
+        narrowed = patches.narrowed_routing_function(target, found.check, values)
+        single = patches.install(found.owner, target.check, narrowed, static=False)
+        scope = "all shapes" if guard.forced else "all shapes: no shape visible"
+        detail = f"{' '.join(f'-{m}' for m in refused)} ({scope})"
+        return _verified(Outcome(target, "patched", detail, before, single), found)
+    parts: list[Patch] = []
+    details: list[str] = []
+    try:
+        if lacking:
+            wanted = tuple(getattr(found.methods, m) for m in RENORMALIZE_METHODS)
+            replacement = patches.widened_routing_check(target, found.check, wanted)
+            parts.append(
+                patches.install(found.owner, target.check, replacement, static=True)
+            )
+            details.append(" ".join(f"+{m}" for m in lacking))
+            _verified(Outcome(target, "patched", "", before, parts[-1]), found)
+        if refused:
+            assert guard is not None
+            original = _config_check(found)
+            replacement = patches.guarded_config_check(original, guard)
+            parts.append(
+                patches.install(
+                    found.owner, "is_supported_config", replacement, static=True
+                )
+            )
+            details.append(
+                f"{' '.join(f'-{m}' for m in refused)} for {guard.scope_of(refused)}"
+            )
+    except BaseException:
+        for part in reversed(parts):
+            part.undo()
+        raise
+    patch: Patch | Patches = parts[0] if len(parts) == 1 else Patches(tuple(parts))
+    return Outcome(target, "patched", " ".join(details), before, patch, refused=refused)
+
+
+def _config_check(found: RoutingCheck) -> Callable[..., Any]:
+    """The class's ``is_supported_config``, checked to be the static method
+    vLLM declares (``cls`` first), bound as vLLM calls it."""
+    target = found.target
     raw = inspect.getattr_static(found.owner, "is_supported_config", None)
     if not isinstance(raw, staticmethod):
         raise Unrecognised(f"{target.owner}.is_supported_config is not a staticmethod")
-    original = found.owner.is_supported_config
+    original: Callable[..., Any] = found.owner.is_supported_config
     parameters = list(inspect.signature(original).parameters)
     if len(parameters) < 2 or parameters[0] != "cls":
         raise Unrecognised(
             f"{target.owner}.is_supported_config does not take cls first"
         )
-    replacement = patches.guarded_config_check(original, wanted, guard)
-    patch = patches.install(
-        found.owner, "is_supported_config", replacement, static=True
-    )
-    return Outcome(target, "patched", f"{refused} for {guard.scope}", before, patch)
+    return original
 
 
 def _verified(outcome: Outcome, found: RoutingCheck) -> Outcome:
@@ -181,7 +236,7 @@ def accepted_after(outcome: Outcome) -> dict[str, tuple[str, ...]] | None:
     """What the target now accepts per quant scheme for the layers the
     decision concerns, or None when its module is not loaded. A guarded
     ``is_supported_config`` leaves the routing check as it was but refuses the
-    Renormalize methods (inside the guard's envelope, or everywhere)."""
+    guarded methods (inside the entries' envelopes, or everywhere)."""
     module = sys.modules.get(outcome.target.module)
     if module is None:
         return None
@@ -189,9 +244,9 @@ def accepted_after(outcome: Outcome) -> dict[str, tuple[str, ...]] | None:
     if found is None:
         return None
     table = found.accepted()
-    if outcome.patch is not None and outcome.patch.attr == "is_supported_config":
+    if outcome.patch is not None and "is_supported_config" in outcome.patch.attrs:
         table = {
-            scheme: tuple(m for m in names if m not in RENORMALIZE_METHODS)
+            scheme: tuple(m for m in names if m not in outcome.refused)
             for scheme, names in table.items()
         }
     return table

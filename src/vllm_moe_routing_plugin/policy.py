@@ -13,8 +13,8 @@ from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 
-from .bugs import KNOWN_BUGS, RENORMALIZE_METHODS, KnownBug
-from .envs import DISABLE_VAR, RENORMALIZE_VAR, Settings
+from .bugs import KNOWN_BUGS, RENORMALIZE_METHODS, KnownBug, by_id
+from .envs import DISABLE_VAR, KNOWN_BUGS_VAR, RENORMALIZE_VAR, Settings
 from .facts import (
     FLASHINFER,
     FLASHINFER_CUBIN,
@@ -35,30 +35,64 @@ SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
 class Guard:
     """Which MoE layers the fused kernels must not route, and why.
 
-    ``bugs`` empty means every shape (the forced ``disable``).
+    ``bugs`` are the catalogue's entries to guard here; ``forced``
+    (``VLLM_MOE_ROUTING_RENORMALIZE=disable``) refuses Renormalize /
+    RenormalizeNaive for every layer shape as well.
     """
 
-    __slots__ = ("bugs", "flashinfer")
+    __slots__ = ("bugs", "flashinfer", "forced")
 
     def __init__(
-        self, bugs: tuple[KnownBug, ...], flashinfer: str | None = None
+        self,
+        bugs: tuple[KnownBug, ...],
+        flashinfer: str | None = None,
+        forced: bool = False,
     ) -> None:
         self.bugs = bugs
         self.flashinfer = flashinfer
+        self.forced = forced
 
     @property
     def everywhere(self) -> bool:
-        return not self.bugs
+        """Renormalize is refused for every shape (the forced ``disable``)."""
+        return self.forced
 
-    def refuses(self, num_experts: int | None, top_k: int | None) -> bool:
-        if self.everywhere or num_experts is None or top_k is None:
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The routing methods refused for at least some layers."""
+        names = list(RENORMALIZE_METHODS) if self.forced else []
+        for bug in self.bugs:
+            names.extend(m for m in bug.methods if m not in names)
+        return tuple(names)
+
+    def only(self, bugs: tuple[KnownBug, ...]) -> Guard:
+        """The same guard with fewer entries (those reaching one target)."""
+        return Guard(bugs, self.flashinfer, self.forced)
+
+    def _reaching(self, method: str) -> tuple[KnownBug, ...]:
+        return tuple(bug for bug in self.bugs if method in bug.methods)
+
+    def refuses(
+        self, num_experts: int | None, top_k: int | None, method: str = "Renormalize"
+    ) -> bool:
+        if self.forced and method in RENORMALIZE_METHODS:
             return True
-        return any(bug.envelope.contains(num_experts, top_k) for bug in self.bugs)
+        for bug in self._reaching(method):
+            if bug.envelope is None or num_experts is None or top_k is None:
+                return True
+            if bug.envelope.contains(num_experts, top_k):
+                return True
+        return False
 
-    def reason(self, num_experts: int | None = None, top_k: int | None = None) -> str:
+    def reason(
+        self,
+        num_experts: int | None = None,
+        top_k: int | None = None,
+        method: str = "Renormalize",
+    ) -> str:
         """The sentence vLLM prints after "does not support the deployment
         configuration since"."""
-        if self.everywhere:
+        if self.forced and method in RENORMALIZE_METHODS:
             methods = "/".join(RENORMALIZE_METHODS)
             return f"{RENORMALIZE_VAR}=disable refuses in-kernel {methods} routing"
         shape = (
@@ -66,23 +100,60 @@ class Guard:
             if num_experts is not None and top_k is not None
             else "unknown layer shape"
         )
-        return "; ".join(
-            f"FlashInfer {self.flashinfer} {bug.wrong} for {bug.envelope} "
-            f"({bug.id}; fixed in {bug.fixed_in_text}; this layer: {shape})"
-            for bug in self.bugs
-        )
+        parts = []
+        for bug in self._reaching(method):
+            if bug.defect is not None:
+                parts.append(
+                    f"FlashInfer's {'/'.join(bug.kernels)} {bug.wrong} for "
+                    f"{method} routing ({bug.id}; this layer: {shape})"
+                )
+                continue
+            where = "" if bug.envelope is None else f" for {bug.envelope}"
+            parts.append(
+                f"FlashInfer {self.flashinfer} {bug.wrong}{where} "
+                f"({bug.id}; fixed in {bug.fixed_in_text}; this layer: {shape})"
+            )
+        return "; ".join(parts)
+
+    def scope_of(self, methods: tuple[str, ...]) -> str:
+        """The layers refused for these methods, in words."""
+        if self.forced and set(methods) <= set(RENORMALIZE_METHODS):
+            return "all shapes"
+        scopes = [
+            bug.scope for bug in self.bugs if any(m in bug.methods for m in methods)
+        ]
+        return "; ".join(dict.fromkeys(scopes)) or "no shape"
 
     @property
     def scope(self) -> str:
-        if self.everywhere:
-            return "all shapes"
-        return "; ".join(str(bug.envelope) for bug in self.bugs)
+        return self.scope_of(RENORMALIZE_METHODS)
+
+
+#: What the plugin does where an entry reaches: refuse, log, or neither.
+BugAction = Literal["guard", "warn", "none"]
+
+
+class Finding:
+    """One catalogue entry against this install, as far as the decision can
+    tell: ``affected`` when this FlashInfer and GPU have it (for a bug in
+    vLLM's code, the GPU alone: probing vLLM's code, when its module is
+    imported, decides), and what the plugin does where it reaches a target."""
+
+    __slots__ = ("action", "affected", "bug")
+
+    def __init__(self, bug: KnownBug, affected: bool, action: BugAction) -> None:
+        self.bug = bug
+        self.affected = affected
+        self.action = action
+
+    def __repr__(self) -> str:
+        return f"Finding({self.bug.id}, {self.affected}, {self.action!r})"
 
 
 class Decision:
     """What the plugin does in this process, and why."""
 
-    __slots__ = ("action", "guard", "notes", "reason")
+    __slots__ = ("action", "findings", "guard", "notes", "reason")
 
     def __init__(
         self,
@@ -90,11 +161,13 @@ class Decision:
         reason: str,
         guard: Guard | None = None,
         notes: tuple[str, ...] = (),
+        findings: tuple[Finding, ...] = (),
     ) -> None:
         self.action = action
         self.reason = reason
         self.guard = guard
         self.notes = notes
+        self.findings = findings
 
     def __repr__(self) -> str:
         return f"Decision({self.action!r}, {self.reason!r})"
@@ -192,11 +265,88 @@ def runs_fused_kernels(gpus: tuple[Gpu, ...]) -> bool:
     return bool(gpus) and all(g.capability in SUPPORTED_CAPABILITIES for g in gpus)
 
 
+def _renormalize_bug(bug: KnownBug) -> bool:
+    """Whether an entry is about the methods ``VLLM_MOE_ROUTING_RENORMALIZE``
+    governs (flashinfer#2822): those follow that variable, not the per-entry one."""
+    return any(m in RENORMALIZE_METHODS for m in bug.methods)
+
+
+def bug_setting_notes(settings: Settings) -> tuple[str, ...]:
+    """What cannot be honoured in ``VLLM_MOE_ROUTING_KNOWN_BUGS``."""
+    return _bug_settings(settings)[1]
+
+
+def unaffected_findings() -> tuple[Finding, ...]:
+    """Every entry, none of them affecting this install (a decision that
+    reads no versions: disabled, not applicable, unknown)."""
+    return tuple(Finding(bug, False, "none") for bug in KNOWN_BUGS)
+
+
+def _bug_settings(settings: Settings) -> tuple[dict[str, str], tuple[str, ...]]:
+    """The per-entry actions the user asked for, and notes on the ones that
+    cannot be honoured."""
+    asked: dict[str, str] = {}
+    notes = []
+    for bug_id, action in settings.bug_actions:
+        bug = by_id(bug_id)
+        if bug is None:
+            notes.append(f"{KNOWN_BUGS_VAR} names {bug_id}, not a known bug; ignored")
+        elif _renormalize_bug(bug):
+            notes.append(
+                f"{KNOWN_BUGS_VAR} cannot set {bug_id}; {RENORMALIZE_VAR} governs it"
+            )
+        elif action == "guard" and not bug.guardable:
+            notes.append(
+                f"{KNOWN_BUGS_VAR}: {bug_id} cannot be guarded (not a routing bug); "
+                f"it stays {bug.action}"
+            )
+        else:
+            asked[bug_id] = action
+    return asked, tuple(notes)
+
+
+def _findings(
+    version: Version | None, renormalize_guarded: bool, asked: Mapping[str, str]
+) -> tuple[Finding, ...]:
+    """Each catalogue entry against this FlashInfer on an SM100/SM103 machine."""
+    found = []
+    for bug in KNOWN_BUGS:
+        if bug.fixed_in is None:
+            affected = True
+        else:
+            affected = version is not None and bug.reaches_release(version.release)
+        action: BugAction
+        if _renormalize_bug(bug):
+            action = "guard" if renormalize_guarded else "none"
+        else:
+            wanted = asked.get(bug.id, bug.action)
+            action = (
+                "none"
+                if wanted == "ignore"
+                else "guard"
+                if wanted == "guard"
+                else "warn"
+            )
+        found.append(Finding(bug, affected, action))
+    return tuple(found)
+
+
+def _catalogue_guards(findings: tuple[Finding, ...]) -> tuple[KnownBug, ...]:
+    """The entries other than the Renormalize ones to refuse layers for."""
+    return tuple(
+        f.bug
+        for f in findings
+        if f.affected and f.action == "guard" and not _renormalize_bug(f.bug)
+    )
+
+
 def decide(facts: Facts, settings: Settings) -> Decision:
     """The decision table of the README, top row first."""
     notes = companion_notes(facts)
     if settings.disabled:
         return Decision("disabled", f"{DISABLE_VAR}=1", notes=notes)
+    asked, setting_notes = _bug_settings(settings)
+    notes += setting_notes
     if not facts.gpus:
         return Decision(
             "not-applicable",
@@ -211,30 +361,58 @@ def decide(facts: Facts, settings: Settings) -> Decision:
             notes=notes,
         )
     version, found = _flashinfer_in_use(facts)
+    shown = str(version) if version else None
     if settings.renormalize == "enable":
+        findings = _findings(version, False, asked)
+        others = _catalogue_guards(findings)
         return Decision(
-            "enable", f"forced by {RENORMALIZE_VAR}=enable; {gpus}", notes=notes
+            "enable",
+            f"forced by {RENORMALIZE_VAR}=enable; {gpus}",
+            guard=Guard(others, shown) if others else None,
+            notes=notes,
+            findings=findings,
         )
     if settings.renormalize == "disable":
+        findings = _findings(version, True, asked)
         return Decision(
             "guard",
             f"forced by {RENORMALIZE_VAR}=disable; {gpus}",
-            guard=Guard(bugs=(), flashinfer=str(version) if version else None),
+            guard=Guard(_catalogue_guards(findings), shown, forced=True),
             notes=notes,
+            findings=findings,
         )
     if version is None:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
-    bugs = tuple(bug for bug in KNOWN_BUGS if bug.reaches_release(version.release))
-    if not bugs:
-        floor = max(KNOWN_BUGS, key=lambda bug: bug.fixed_in).fixed_in_text
-        return Decision("enable", f"{found} >= {floor}; {gpus}", notes=notes)
-    floor = max(bugs, key=lambda bug: bug.fixed_in).fixed_in_text
-    references = ", ".join(bug.id for bug in bugs)
+    renormalize = tuple(
+        bug
+        for bug in KNOWN_BUGS
+        if _renormalize_bug(bug) and bug.reaches_release(version.release)
+    )
+    findings = _findings(version, bool(renormalize), asked)
+    others = _catalogue_guards(findings)
+    if not renormalize:
+        floor = max(
+            (
+                bug.fixed_in
+                for bug in KNOWN_BUGS
+                if _renormalize_bug(bug) and bug.fixed_in
+            ),
+        )
+        return Decision(
+            "enable",
+            f"{found} >= {'.'.join(map(str, floor))}; {gpus}",
+            guard=Guard(others, shown) if others else None,
+            notes=notes,
+            findings=findings,
+        )
+    floor_bug = max(renormalize, key=lambda bug: bug.fixed_in or ())
+    references = ", ".join(bug.id for bug in renormalize)
     return Decision(
         "guard",
-        f"{found} < {floor} ({references}); {gpus}",
-        guard=Guard(bugs=bugs, flashinfer=str(version)),
+        f"{found} < {floor_bug.fixed_in_text} ({references}); {gpus}",
+        guard=Guard(renormalize + others, shown),
         notes=notes,
+        findings=findings,
     )
 
 

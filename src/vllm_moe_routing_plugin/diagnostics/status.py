@@ -81,6 +81,21 @@ class TargetRow:
 
 
 @dataclass
+class KnownBugRow:
+    """One catalogue entry against this install."""
+
+    id: str
+    title: str
+    reaches: bool  # this vLLM x FlashInfer x GPU has it on a path vLLM takes
+    action: str  # what the plugin does here: guard, warn or none
+    default_action: str  # the entry's own action (VLLM_MOE_ROUTING_KNOWN_BUGS)
+    fixed_in: str | None  # the first FlashInfer without it; None: a vLLM bug
+    references: list[str]
+    targets: list[str]  # the targets it reaches
+    why: str  # why the default action
+
+
+@dataclass
 class StatusReport:
     answer: str
     action: str
@@ -97,6 +112,7 @@ class StatusReport:
     vllm_problem: str | None
     problems: list[str]
     advice: Recommendation | None = None  # what to install, where known
+    known_bugs: list[KnownBugRow] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -224,6 +240,30 @@ def answer(decision: policy.Decision) -> str:
     return "The plugin is disabled: vLLM's own choice stands."
 
 
+def known_bug_rows(
+    decision: policy.Decision, outcomes: Sequence[patching.Outcome]
+) -> list[KnownBugRow]:
+    """Every catalogue entry, with whether it reaches a target of this vLLM."""
+    rows = []
+    for finding in decision.findings or policy.unaffected_findings():
+        bug = finding.bug
+        reached = [o.target.name for o in outcomes if bug.id in o.bugs]
+        rows.append(
+            KnownBugRow(
+                id=bug.id,
+                title=bug.title,
+                reaches=bool(reached),
+                action=finding.action if reached else "none",
+                default_action=bug.action,
+                fixed_in=bug.fixed_in_text if bug.fixed_in is not None else None,
+                references=list(bug.references),
+                targets=reached,
+                why=bug.why,
+            )
+        )
+    return rows
+
+
 def pin_notes(versions: Mapping[str, str | None], pins: Mapping[str, str]) -> list[str]:
     """FlashInfer wheels installed outside the versions the installed vLLM pins
     (the upgrade vLLM 0.18/0.19 users make for the fast path, or a downgrade)."""
@@ -284,6 +324,7 @@ def collect(
     problems = [p for p in (plugin.problem,) if p]
     problems += list(settings.problems)
     problems += list(policy.companion_notes(found))
+    problems += list(policy.bug_setting_notes(settings))
     return StatusReport(
         answer=answer(decision),
         action=decision.action,
@@ -320,6 +361,7 @@ def collect(
         vllm_problem=vllm_problem,
         problems=problems,
         advice=recommend(decision, found.versions),
+        known_bugs=known_bug_rows(decision, outcomes),
     )
 
 
@@ -341,6 +383,18 @@ def render(status: StatusReport) -> str:
     if status.advice is not None:
         add(f"advice    {status.advice.command}")
         add(f"          {status.advice.reason}")
+    add("")
+    add("known bugs (docs/known-bugs.md)")
+    reaching = [b for b in status.known_bugs if b.reaches]
+    width = max((len(b.id) for b in reaching), default=0)
+    for bug in reaching:
+        fixed = f"fixed in {bug.fixed_in}" if bug.fixed_in else "a bug in vLLM's code"
+        targets_reached = ", ".join(bug.targets)
+        add(f"  {bug.id:<{width}}  {bug.action:<5}  reaches {targets_reached}; {fixed}")
+        add(f"  {'':<{width}}  {bug.title}")
+    others = [b.id for b in status.known_bugs if not b.reaches]
+    if others:
+        add(f"  not reaching this install: {', '.join(others)}")
     add("")
     add("targets")
     if status.vllm_problem:
