@@ -17,9 +17,12 @@ names (``targets.TARGETS``); enum values move between vLLM releases.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
-Action = Literal["guard", "warn"]
+if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
+    from typing import Literal
+
+    Action = Literal["guard", "warn"]
 
 #: The routing methods this plugin lets the fused kernels do (softmax + top-k
 #: + renormalise: Qwen3, Qwen3.5, Mixtral-style models).

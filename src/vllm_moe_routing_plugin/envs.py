@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 DISABLE_VAR = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
 RENORMALIZE_VAR = "VLLM_MOE_ROUTING_RENORMALIZE"
 DEVICE_CAPABILITY_VAR = "VLLM_MOE_ROUTING_DEVICE_CAPABILITY"
 KNOWN_BUGS_VAR = "VLLM_MOE_ROUTING_KNOWN_BUGS"
 
-Renormalize = Literal["auto", "enable", "disable"]
 Capability = tuple[int, int]
-#: What a user asks for one known-bug entry: refuse its layers, only warn, or
-#: neither.
-BugAction = Literal["guard", "warn", "ignore"]
+if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
+    from typing import Literal
+
+    Renormalize = Literal["auto", "enable", "disable"]
+    #: What a user asks for one known-bug entry: refuse its layers, only warn,
+    #: or neither.
+    BugAction = Literal["guard", "warn", "ignore"]
 BUG_ACTIONS: tuple[BugAction, ...] = ("guard", "warn", "ignore")
 
 _TRUE = ("1", "true", "yes", "on")

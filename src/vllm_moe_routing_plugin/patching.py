@@ -16,7 +16,7 @@ import inspect
 import sys
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from . import checks, patches
 from .bugs import RENORMALIZE_METHODS, KnownBug
@@ -26,16 +26,19 @@ from .patches import Patch, Patches
 from .policy import Decision, Finding
 from .targets import Target
 
-#: What happened to a target in this process (the ``state`` of ``status``).
-State = Literal[
-    "patched",
-    "native",
-    "absent",
-    "not-probed",
-    "untouched",
-    "unrecognised",
-    "failed",
-]
+if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
+    from typing import Literal
+
+    #: What happened to a target in this process (the ``state`` of ``status``).
+    State = Literal[
+        "patched",
+        "native",
+        "absent",
+        "not-probed",
+        "untouched",
+        "unrecognised",
+        "failed",
+    ]
 
 
 class Outcome:

@@ -9,7 +9,7 @@ decision table is the README's ("What the plugin decides").
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Literal
+from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
@@ -24,7 +24,12 @@ from .facts import (
     GpuReading,
 )
 
-Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
+if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
+    from typing import Literal
+
+    Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
+    #: What the plugin does where an entry reaches: refuse, log, or neither.
+    BugAction = Literal["guard", "warn", "none"]
 
 #: Compute capabilities FlashInfer's TRT-LLM-gen MoE kernels ship cubins for
 #: and vLLM's ``_supports_current_device`` accepts (family 100: B200/GB200 are
@@ -127,10 +132,6 @@ class Guard:
     @property
     def scope(self) -> str:
         return self.scope_of(RENORMALIZE_METHODS)
-
-
-#: What the plugin does where an entry reaches: refuse, log, or neither.
-BugAction = Literal["guard", "warn", "none"]
 
 
 class Finding:

@@ -11,7 +11,7 @@ releases, so they are looked up by name.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Literal
+from typing import TYPE_CHECKING
 
 FUSED_MOE = "vllm.model_executor.layers.fused_moe"
 QUANT_UTILS = "vllm.model_executor.layers.quantization.utils.quant_utils"
@@ -21,7 +21,10 @@ Scheme = tuple["str | None", "str | None"]  # names of vLLM QuantKey constants
 #: How vLLM calls the check: a ``@staticmethod`` ``(method, weight_key,
 #: activation_key)``, a module function ``(method)``, or the 0.16 module
 #: function ``(weight_key, activation_key, method)``.
-Call = Literal["method", "function", "keys-first-function"]
+if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
+    from typing import Literal
+
+    Call = Literal["method", "function", "keys-first-function"]
 
 FP8_BLOCK: Scheme = ("kFp8Static128BlockSym", "kFp8Dynamic128Sym")
 MXFP8: Scheme = ("kMxfp8Static", "kMxfp8Dynamic")
