@@ -196,6 +196,16 @@ class SigmoidExperts:
         return kernel(routing_logits=router_logits)
 
 
+def experts_accepting(*accepted: Routing) -> type:
+    """A fresh ``Experts`` class whose routing check accepts only ``accepted``."""
+
+    def _supports_routing_method(routing_method, weight_key, activation_key):
+        return routing_method in accepted
+
+    check = staticmethod(_supports_routing_method)
+    return type("Experts", (SigmoidExperts,), {"_supports_routing_method": check})
+
+
 def kernel(**kwargs):
     return kwargs
 
@@ -271,12 +281,7 @@ def test_a_warn_entry_changes_nothing_and_is_named_once():
 
 
 def test_an_entry_reaches_only_where_vllm_lets_its_method_in():
-    class RenormalizeOnly(SigmoidExperts):
-        @staticmethod
-        def _supports_routing_method(routing_method, weight_key, activation_key):
-            return routing_method in (Routing.Renormalize, Routing.RenormalizeNaive)
-
-    cls = type("Experts", (RenormalizeOnly,), {})
+    cls = experts_accepting(Routing.Renormalize, Routing.RenormalizeNaive)
     decision = guarding(entry(bugs.FLASHINFER_3499))
     outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
     assert (outcome.state, outcome.bugs) == ("native", ())
@@ -317,19 +322,15 @@ def test_widening_and_guarding_one_class_undo_together():
     """vLLM 0.18/0.19's FP8 class lacks Renormalize (widened on ``enable``)
     while a guarded entry refuses another method: two patches, one outcome."""
 
-    class Fp8(SigmoidExperts):
-        @staticmethod
-        def _supports_routing_method(routing_method, weight_key, activation_key):
-            return routing_method in (Routing.DeepSeekV3, Routing.MiniMax2)
-
-    cls = type("Experts", (Fp8,), {})
+    cls = experts_accepting(Routing.DeepSeekV3, Routing.MiniMax2)
+    written = dict(vars(cls))
     decision = guarding(entry(bugs.FLASHINFER_3499))
     outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
     assert outcome.detail == ("+Renormalize +RenormalizeNaive -MiniMax2 for all shapes")
     assert outcome.patch.attrs == ("_supports_routing_method", "is_supported_config")
     assert cls._supports_routing_method(Routing.Renormalize, None, None)
     outcome.patch.undo()
-    assert set(vars(cls)) == {"__module__", "__doc__"}
+    assert dict(vars(cls)) == written
 
 
 def readme_row(bug: bugs.KnownBug) -> str:

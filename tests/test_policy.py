@@ -66,7 +66,7 @@ def test_fixed_flashinfer_enables(version):
 def test_buggy_flashinfer_guards_the_envelope(version):
     d = decide(facts(flashinfer=version))
     assert d.action == "guard"
-    assert d.guard is not None and not d.guard.everywhere
+    assert d.guard is not None and not d.guard.forced
     assert "flashinfer#2822" in d.reason
 
 
@@ -91,7 +91,7 @@ def test_forced_enable_and_disable():
     )
     d = decide(facts("0.7.4"), VLLM_MOE_ROUTING_RENORMALIZE="disable")
     assert d.action == "guard"
-    assert d.guard.everywhere and d.guard.refuses(128, 8)
+    assert d.guard.forced and d.guard.refuses(128, 8)
     assert "VLLM_MOE_ROUTING_RENORMALIZE=disable" in d.reason
 
 

@@ -97,9 +97,6 @@ class VllmDefect:
         self.keyword = keyword
         self.callers = callers
 
-    def __str__(self) -> str:
-        return f"vLLM's call does not pass {self.keyword}"
-
 
 class KnownBug:
     """One catalogue entry."""
@@ -175,10 +172,6 @@ class KnownBug:
         if self.fixed_in is None:
             return True
         return self.introduced_in <= release < self.fixed_in
-
-    def concerns(self, method: str | None) -> bool:
-        """Whether layers of this routing method (a member name) are reached."""
-        return not self.methods or method in self.methods
 
 
 FLASHINFER_2822 = KnownBug(

@@ -23,7 +23,7 @@ from .bugs import RENORMALIZE_METHODS, KnownBug
 from .checks import RoutingCheck, Unrecognised, is_ours
 from .errors import describe_error
 from .patches import Patch, Patches
-from .policy import Decision, Finding
+from .policy import Decision
 from .targets import Target
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
@@ -92,7 +92,11 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
         )
     if not decision.acts:
         return Outcome(target, "untouched", before=before)
-    bugs = tuple(f.bug.id for f in reached_bugs(found, before, decision))
+    accepted = {m for names in before.values() for m in names}
+    reaching = _reaching(found, accepted, decision)
+    bugs = tuple(
+        f.bug.id for f in decision.findings if f.affected and f.bug.id in reaching
+    )
     if is_ours(vars(found.owner).get(target.check)) or (
         target.owner is not None
         and is_ours(vars(found.owner).get("is_supported_config"))
@@ -101,7 +105,7 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
             target, "patched", "already patched in this process", before, bugs=bugs
         )
     try:
-        outcome = _bring_in_line(found, before, decision)
+        outcome = _bring_in_line(found, before, accepted, decision, reaching)
     except Unrecognised as exc:
         outcome = Outcome(target, "unrecognised", f"left alone: {exc}", before)
     except Exception as exc:
@@ -128,22 +132,26 @@ def reaches(bug: KnownBug, found: RoutingCheck, accepted: set[str]) -> bool:
     return True
 
 
-def reached_bugs(
-    found: RoutingCheck, before: dict[str, tuple[str, ...]], decision: Decision
-) -> tuple[Finding, ...]:
-    """The decision's findings (entries this FlashInfer and GPU have) that
-    reach this target."""
-    accepted = {m for names in before.values() for m in names}
-    return tuple(
-        f for f in decision.findings if f.affected and reaches(f.bug, found, accepted)
-    )
+def _reaching(found: RoutingCheck, accepted: set[str], decision: Decision) -> set[str]:
+    """The ids of the entries that reach this target, each probed once: the
+    decision's findings this FlashInfer and GPU have, and the entries its
+    guard holds."""
+    candidates = {f.bug.id: f.bug for f in decision.findings if f.affected}
+    if decision.guard is not None:
+        candidates.update((bug.id, bug) for bug in decision.guard.bugs)
+    return {
+        bug_id for bug_id, bug in candidates.items() if reaches(bug, found, accepted)
+    }
 
 
 def _bring_in_line(
-    found: RoutingCheck, before: dict[str, tuple[str, ...]], decision: Decision
+    found: RoutingCheck,
+    before: dict[str, tuple[str, ...]],
+    accepted: set[str],
+    decision: Decision,
+    reaching: set[str],
 ) -> Outcome:
     target = found.target
-    accepted = {m for names in before.values() for m in names}
     lacking: list[str] = []
     if decision.action == "enable" and before:
         lacking = [
@@ -155,11 +163,7 @@ def _bring_in_line(
     refused: tuple[str, ...] = ()
     if guard is not None:
         guard = guard.only(
-            tuple(
-                bug
-                for bug in guard.bugs
-                if bug.guardable and reaches(bug, found, accepted)
-            )
+            tuple(bug for bug in guard.bugs if bug.guardable and bug.id in reaching)
         )
         refused = tuple(m for m in guard.methods if m in accepted)
     if not lacking and not refused:

@@ -58,11 +58,6 @@ class Guard:
         self.forced = forced
 
     @property
-    def everywhere(self) -> bool:
-        """Renormalize is refused for every shape (the forced ``disable``)."""
-        return self.forced
-
-    @property
     def methods(self) -> tuple[str, ...]:
         """The routing methods refused for at least some layers."""
         names = list(RENORMALIZE_METHODS) if self.forced else []
@@ -306,39 +301,48 @@ def _bug_settings(settings: Settings) -> tuple[dict[str, str], tuple[str, ...]]:
     return asked, tuple(notes)
 
 
+#: What the plugin does for an entry, from the action asked for it.
+_DOES: dict[str, BugAction] = {"guard": "guard", "warn": "warn", "ignore": "none"}
+
+
 def _findings(
     version: Version | None, renormalize_guarded: bool, asked: Mapping[str, str]
 ) -> tuple[Finding, ...]:
     """Each catalogue entry against this FlashInfer on an SM100/SM103 machine."""
     found = []
     for bug in KNOWN_BUGS:
-        if bug.fixed_in is None:
-            affected = True
-        else:
-            affected = version is not None and bug.reaches_release(version.release)
+        # A bug in vLLM's code has no FlashInfer range: probing decides.
+        affected = bug.fixed_in is None or (
+            version is not None and bug.reaches_release(version.release)
+        )
         action: BugAction
         if _renormalize_bug(bug):
             action = "guard" if renormalize_guarded else "none"
         else:
-            wanted = asked.get(bug.id, bug.action)
-            action = (
-                "none"
-                if wanted == "ignore"
-                else "guard"
-                if wanted == "guard"
-                else "warn"
-            )
+            action = _DOES[asked.get(bug.id, bug.action)]
         found.append(Finding(bug, affected, action))
     return tuple(found)
 
 
-def _catalogue_guards(findings: tuple[Finding, ...]) -> tuple[KnownBug, ...]:
-    """The entries other than the Renormalize ones to refuse layers for."""
-    return tuple(
+def _acting(
+    action: Action,
+    reason: str,
+    findings: tuple[Finding, ...],
+    flashinfer: str | None,
+    notes: tuple[str, ...],
+    renormalize: tuple[KnownBug, ...] = (),
+    forced: bool = False,
+) -> Decision:
+    """An ``enable`` or ``guard`` decision, guarding the Renormalize entries
+    given and every other affected entry whose action is ``guard``."""
+    others = tuple(
         f.bug
         for f in findings
         if f.affected and f.action == "guard" and not _renormalize_bug(f.bug)
     )
+    bugs = renormalize + others
+    guard = Guard(bugs, flashinfer, forced) if bugs or forced else None
+    return Decision(action, reason, guard=guard, notes=notes, findings=findings)
 
 
 def decide(facts: Facts, settings: Settings) -> Decision:
@@ -365,56 +369,27 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     shown = str(version) if version else None
     if settings.renormalize == "enable":
         findings = _findings(version, False, asked)
-        others = _catalogue_guards(findings)
-        return Decision(
-            "enable",
-            f"forced by {RENORMALIZE_VAR}=enable; {gpus}",
-            guard=Guard(others, shown) if others else None,
-            notes=notes,
-            findings=findings,
-        )
+        reason = f"forced by {RENORMALIZE_VAR}=enable; {gpus}"
+        return _acting("enable", reason, findings, shown, notes)
     if settings.renormalize == "disable":
         findings = _findings(version, True, asked)
-        return Decision(
-            "guard",
-            f"forced by {RENORMALIZE_VAR}=disable; {gpus}",
-            guard=Guard(_catalogue_guards(findings), shown, forced=True),
-            notes=notes,
-            findings=findings,
-        )
+        reason = f"forced by {RENORMALIZE_VAR}=disable; {gpus}"
+        return _acting("guard", reason, findings, shown, notes, forced=True)
     if version is None:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
+    all_renormalize = tuple(bug for bug in KNOWN_BUGS if _renormalize_bug(bug))
     renormalize = tuple(
-        bug
-        for bug in KNOWN_BUGS
-        if _renormalize_bug(bug) and bug.reaches_release(version.release)
+        bug for bug in all_renormalize if bug.reaches_release(version.release)
     )
     findings = _findings(version, bool(renormalize), asked)
-    others = _catalogue_guards(findings)
     if not renormalize:
-        floor = max(
-            (
-                bug.fixed_in
-                for bug in KNOWN_BUGS
-                if _renormalize_bug(bug) and bug.fixed_in
-            ),
-        )
-        return Decision(
-            "enable",
-            f"{found} >= {'.'.join(map(str, floor))}; {gpus}",
-            guard=Guard(others, shown) if others else None,
-            notes=notes,
-            findings=findings,
-        )
-    floor_bug = max(renormalize, key=lambda bug: bug.fixed_in or ())
+        floor = max(all_renormalize, key=lambda bug: bug.fixed_in or ())
+        reason = f"{found} >= {floor.fixed_in_text}; {gpus}"
+        return _acting("enable", reason, findings, shown, notes)
+    floor = max(renormalize, key=lambda bug: bug.fixed_in or ())
     references = ", ".join(bug.id for bug in renormalize)
-    return Decision(
-        "guard",
-        f"{found} < {floor_bug.fixed_in_text} ({references}); {gpus}",
-        guard=Guard(renormalize + others, shown),
-        notes=notes,
-        findings=findings,
-    )
+    reason = f"{found} < {floor.fixed_in_text} ({references}); {gpus}"
+    return _acting("guard", reason, findings, shown, notes, renormalize)
 
 
 def decide_here(

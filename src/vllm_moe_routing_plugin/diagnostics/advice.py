@@ -95,7 +95,7 @@ def recommend(
     """An install command where the guard stands only because this
     FlashInfer predates a fix and this vLLM's calls bind to the advised one."""
     guard = decision.guard
-    if decision.action != "guard" or guard is None or guard.everywhere:
+    if decision.action != "guard" or guard is None or guard.forced:
         return None
     advice = for_vllm(versions.get(facts.VLLM))
     if advice is None:

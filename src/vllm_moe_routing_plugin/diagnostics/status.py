@@ -221,7 +221,7 @@ def answer(decision: policy.Decision) -> str:
         )
     if decision.action == "guard":
         assert decision.guard is not None
-        if decision.guard.everywhere:
+        if decision.guard.forced:
             return f"{methods} MoE layers are kept off the fused TRT-LLM kernels."
         return (
             f"{methods} MoE layers where {decision.guard.scope} are kept off the "
