@@ -132,3 +132,37 @@ def test_versions_agree_with_importlib_metadata_for_every_installed_distribution
     assert "packaging" in names
     for name in names:
         assert facts.installed_version(name) == importlib.metadata.version(name), name
+
+
+VLLM_0_19_REQUIRES = [
+    "flashinfer-python==0.6.6",
+    "flashinfer-cubin==0.6.6",
+    "flashinfer-jit-cache==0.6.6; extra == 'flashinfer'",
+    "flashinfer-python==0.5.0; platform_system == 'Definitely-Not-This-System'",
+    "not a requirement ===",
+    "torch==2.10.0",
+]
+
+
+def test_base_requirements_evaluate_markers_and_leave_out_extras():
+    found = facts.base_requirements("vllm", {"vllm": VLLM_0_19_REQUIRES}.get)
+    assert [str(r) for r in found] == [
+        "flashinfer-python==0.6.6",
+        "flashinfer-cubin==0.6.6",
+        "torch==2.10.0",
+    ]
+
+
+def test_base_requirements_of_a_distribution_not_installed():
+    def requires_of(name: str) -> list[str] | None:
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    assert facts.base_requirements("vllm", requires_of) == []
+    assert facts.vllm_pins(requires_of) == {}
+
+
+def test_vllm_pins_are_the_flashinfer_requirements_that_apply():
+    assert facts.vllm_pins({"vllm": VLLM_0_19_REQUIRES}.get) == {
+        "flashinfer-python": "==0.6.6",
+        "flashinfer-cubin": "==0.6.6",
+    }

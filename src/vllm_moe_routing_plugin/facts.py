@@ -18,10 +18,13 @@ import importlib
 import importlib.metadata
 import os
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .envs import DEVICE_CAPABILITY_VAR, Capability
 from .errors import describe_error
+
+if TYPE_CHECKING:
+    from packaging.requirements import Requirement
 
 VLLM = "vllm"
 TORCH = "torch"
@@ -119,28 +122,41 @@ def read_versions(
     return {name: version_of(name) for name in distributions}
 
 
-def vllm_pins(
-    requires_of: Callable[[str], list[str] | None] = importlib.metadata.requires,
-) -> dict[str, str]:
-    """The FlashInfer versions the installed vLLM pins (``Requires-Dist``), e.g.
-    ``{"flashinfer-python": "==0.6.6"}``; empty without vLLM."""
+RequiresOf = Callable[[str], "list[str] | None"]
+
+
+def base_requirements(
+    distribution: str, requires_of: RequiresOf = importlib.metadata.requires
+) -> list[Requirement]:
+    """The requirements (``Requires-Dist``) of ``distribution`` that apply to
+    a plain install on this machine: markers evaluated, extras left out;
+    unparsable entries skipped. Empty when it is not installed. For the
+    diagnostics only: ``packaging.requirements`` is imported on call."""
     from packaging.requirements import InvalidRequirement, Requirement
 
     try:
-        requirements = requires_of(VLLM) or []
+        texts = requires_of(distribution) or []
     except importlib.metadata.PackageNotFoundError:
-        return {}
-    pins: dict[str, str] = {}
-    for text in requirements:
+        return []
+    applying = []
+    for text in texts:
         try:
             requirement = Requirement(text)
         except InvalidRequirement:
             continue
-        if requirement.marker is not None and "extra" in str(requirement.marker):
-            continue
-        if requirement.name in (FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE):
-            pins[requirement.name] = str(requirement.specifier)
-    return pins
+        if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+            applying.append(requirement)
+    return applying
+
+
+def vllm_pins(requires_of: RequiresOf = importlib.metadata.requires) -> dict[str, str]:
+    """The FlashInfer versions the installed vLLM pins (``Requires-Dist``), e.g.
+    ``{"flashinfer-python": "==0.6.6"}``; empty without vLLM."""
+    return {
+        requirement.name: str(requirement.specifier)
+        for requirement in base_requirements(VLLM, requires_of)
+        if requirement.name in (FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE)
+    }
 
 
 def visible_device_entries(environ: Mapping[str, str]) -> list[str] | None:

@@ -35,7 +35,13 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import describe_error
-from ..facts import FLASHINFER, VLLM, VersionOf, installed_version
+from ..facts import (
+    FLASHINFER,
+    VLLM,
+    VersionOf,
+    base_requirements,
+    installed_version,
+)
 
 Kind = Literal["import", "name", "call"]
 State = Literal["binds", "missing", "does-not-bind", "no-signature", "import-fails"]
@@ -438,15 +444,8 @@ def routing_meanings(vllm_members: dict[str, int]) -> list[EnumMeaning]:
 def unmet_requirements(distribution: str) -> list[str]:
     """``distribution``'s requirements (without extras) that the installed
     packages do not meet, e.g. ``cuda-tile (not installed)``."""
-    from packaging.requirements import Requirement
-
     unmet = []
-    for text in importlib.metadata.requires(distribution) or []:
-        requirement = Requirement(text)
-        if requirement.marker is not None and not requirement.marker.evaluate(
-            {"extra": ""}
-        ):
-            continue
+    for requirement in base_requirements(distribution):
         installed = installed_version(requirement.name)
         if installed is None:
             unmet.append(f"{requirement} (not installed)")

@@ -294,7 +294,7 @@ def collect(
     *,
     installed_version: facts.VersionOf = facts.installed_version,
     entry_points: EntryPoints = importlib.metadata.entry_points,
-    requires_of: Callable[[str], list[str] | None] = importlib.metadata.requires,
+    requires_of: facts.RequiresOf = importlib.metadata.requires,
 ) -> StatusReport:
     """Everything the report shows. The keyword arguments are the
     package-metadata edges, for tests."""
