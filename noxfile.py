@@ -103,10 +103,12 @@ TEST_RUNS: list[tuple[str | None, Env]] = [
 ]
 
 #: Releases that catalogue entries reach and the test command's other
-#: environments lack, as pinned: vLLM 0.20.2 (vllm#43769 in the BF16 class),
-#: 0.22.1 (flashinfer#3499 with FlashInfer 0.6.11.post2), 0.26.0 (the
-#: DeepSeekV3 entries with 0.6.14). ``known_bugs`` runs
-#: tests/test_known_bugs.py there; the other environments run it in ``tests``.
+#: environments lack, as pinned: vLLM 0.20.2 (vllm#43769 and its backport in
+#: the BF16 class), 0.22.1 (flashinfer#3499 with FlashInfer 0.6.11.post2),
+#: 0.26.0 (the DeepSeekV3 entries with 0.6.14). ``known_bugs`` runs
+#: tests/test_known_bugs.py and tests/test_layers.py (real MoE layers built
+#: through vLLM's constructor) there; the other environments run them in
+#: ``tests``.
 KNOWN_BUG_RUNS = [Env("0.20.2"), Env("0.22.1"), Env("0.26.0")]
 
 #: The release matrix: every supported vLLM line's last release, with the
@@ -235,11 +237,13 @@ def tests(session: nox.Session, env: Env) -> None:
 @nox.session
 @nox.parametrize("env", KNOWN_BUG_RUNS, ids=[env.name for env in KNOWN_BUG_RUNS])
 def known_bugs(session: nox.Session, env: Env) -> None:
-    """The catalogue's oracle and ``status`` tests on a release an entry
-    reaches (docs/known-bugs.md)."""
+    """The catalogue's tests on a release entries are in range of: real MoE
+    layers through vLLM's constructor and oracle, ``status`` and the log
+    (docs/known-bugs.md)."""
     install(session, env)
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                *(session.posargs or ["tests/test_known_bugs.py"]))  # fmt: skip
+                *(session.posargs or ["tests/test_known_bugs.py",
+                                      "tests/test_layers.py"]))  # fmt: skip
 
 
 @nox.session

@@ -42,8 +42,9 @@ binds `verify`'s kernel-check arguments to the installed FlashInfer's own
 signatures (its tests that need a CUDA GPU are skipped here). Target states are
 those of the installed FlashInfer's decision: `patched`, `native` (vLLM already
 answers what the decision wants), `-` (absent in that release). The last column
-names the known bugs (docs/known-bugs.md) that reach the install with an SM100
-GPU, found by vLLM's own routing checks, and what the plugin does about each.
+names the known bugs (docs/known-bugs.md) in range of the install with an SM100
+GPU and planned at its targets (where vLLM's own routing checks let the bug's
+methods in), and what the plugin does for each MoE layer a bug hits.
 """
 
 

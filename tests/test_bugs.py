@@ -1,7 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The known-bug catalogue: consistent with the targets, and the one source
-the decision, the guard (its reason, the targets it reaches), the log line and
-the README's table read."""
+"""The known-bug catalogue: consistent with the targets; its layer
+predicates; and the one source the decision, the layer check (its verdict,
+the reason vLLM prints), the log lines and the README's table read.
+
+The patching tests run on stand-in modules (support.STAND_IN_TARGET), and
+the layer being built is a stand-in object with the attributes vLLM's layer
+classes set: tests/test_layers.py proves the same on real vLLM layers."""
 
 import enum
 from pathlib import Path
@@ -9,9 +13,18 @@ from types import SimpleNamespace
 
 import pytest
 
-from support import STAND_IN_TARGET, Methods, stand_in_module, supported
-from vllm_moe_routing_plugin import bugs, envs, log_line, patching, policy, targets
+from support import STAND_IN_TARGET, stand_in_module, supported
+from vllm_moe_routing_plugin import (
+    bugs,
+    envs,
+    layers,
+    log_line,
+    patching,
+    policy,
+    targets,
+)
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
+from vllm_moe_routing_plugin.layers import LayerFacts
 
 B200 = gpus_from_capabilities([(10, 0)], "test")
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -29,25 +42,26 @@ def decide(flashinfer: str, **env: str) -> policy.Decision:
 
 
 def test_entries_name_the_plugins_targets_and_methods():
-    names = {target.name for target in targets.TARGETS}
-    assert set(bugs.MONOLITHIC_TARGETS) == names
+    assert bugs.MONOLITHIC_TARGETS == targets.TARGETS
     assert len({bug.id for bug in bugs.KNOWN_BUGS}) == len(bugs.KNOWN_BUGS)
     for bug in bugs.KNOWN_BUGS:
-        assert set(bug.targets) <= names, bug.id
-        assert set(bug.methods) <= VLLM_METHODS, bug.id
+        assert set(bug.targets) <= set(targets.TARGETS), bug.id
+        assert set(bug.layers.methods) <= VLLM_METHODS, bug.id
         assert bug.id in bug.references
         assert bug.kernels and bug.affected and bug.remove_when and bug.why
-        assert bug.action in ("guard", "warn"), bug.id
+        assert bug.action in ("guard", "fix", "warn"), bug.id
         # A FlashInfer bug has a fixed release; a bug in vLLM's code a probe.
         assert (bug.fixed_in is None) == (bug.defect is not None), bug.id
         assert bug.guardable or bug.action == "warn", bug.id
+        assert bug.fixable or bug.action != "fix", bug.id
         if bug.defect is not None:
             assert set(bug.defect.callers) <= set(bug.targets), bug.id
+            assert set(bug.defect.backported) <= set(bug.defect.callers), bug.id
         assert bug is bugs.by_id(bug.id)
 
 
 @pytest.mark.parametrize(
-    ("flashinfer", "affected"),
+    ("flashinfer", "in_range"),
     [
         ("0.6.3", {"flashinfer#2822", "flashinfer#3803", "flashinfer#3946",
                    "flashinfer#2642", "flashinfer#4237"}),
@@ -64,12 +78,62 @@ def test_entries_name_the_plugins_targets_and_methods():
         ("0.7.2.post1", set()),
     ],
 )  # fmt: skip
-def test_which_flashinfer_releases_each_entry_affects(flashinfer, affected):
+def test_which_flashinfer_releases_each_entry_affects(flashinfer, in_range):
     """The ranges established from the wheels' sources (docs/known-bugs.md).
-    The bug in vLLM's own code is affected everywhere: probing decides."""
+    The bugs in vLLM's own code are in range everywhere: probing decides."""
     findings = decide(flashinfer).findings
     assert [f.bug.id for f in findings] == [bug.id for bug in bugs.KNOWN_BUGS]
-    assert {f.bug.id for f in findings if f.affected} == affected | {"vllm#43769"}
+    assert {f.bug.id for f in findings if f.in_range} == in_range | {
+        "vllm#43769",
+        "vllm#32437",
+    }
+
+
+def test_the_range_is_stated_once():
+    assert bugs.FLASHINFER_2822.affected == "< 0.6.7 (since flashinfer#1831, 0.5.0rc1)"
+    assert bugs.FLASHINFER_3875.affected == (
+        ">= 0.6.8, < 0.6.18 (since flashinfer#2803)"
+    )
+    assert bugs.VLLM_43769.affected == "vLLM 0.16.0 - 0.21.0 (0.22.0 passes it)"
+    assert bugs.FLASHINFER_3875.in_range((0, 6, 17))
+    assert not bugs.FLASHINFER_3875.in_range((0, 6, 18))
+    assert not bugs.FLASHINFER_3875.in_range((0, 6, 7))
+
+
+def layer(method, experts=256, top_k=8, *, n_group=None, bias=False, scale=1.0):
+    """A visible layer's values, as vLLM builds them."""
+    return LayerFacts(
+        method, "bf16", experts, top_k, visible=True, n_group=n_group,
+        has_bias=bias, scale=scale,
+    )  # fmt: skip
+
+
+GLM_5 = layer("DeepSeekV3", n_group=1, bias=True)
+DEEPSEEK_V3 = layer("DeepSeekV3", n_group=8, bias=True)
+MINIMAX_M2 = layer("MiniMax2", bias=True)
+STEP_3_5 = layer("MiniMax2", 288, bias=True, scale=3.0)
+TRINITY = layer("DeepSeekV3", 128, n_group=1, bias=True, scale=2.826)
+QWEN3_5 = layer("Renormalize")
+
+
+@pytest.mark.parametrize(
+    ("bug", "hit"),
+    [
+        (bugs.FLASHINFER_2822, {"QWEN3_5"}),
+        (bugs.FLASHINFER_3803, {"GLM_5", "TRINITY"}),
+        (bugs.FLASHINFER_3946, {"DEEPSEEK_V3"}),
+        (bugs.FLASHINFER_3875, {"GLM_5", "TRINITY", "MINIMAX_M2", "STEP_3_5"}),
+        (bugs.FLASHINFER_3499, {"STEP_3_5"}),
+        (bugs.VLLM_43769, {"TRINITY"}),
+        (bugs.VLLM_32437, {"TRINITY"}),
+        (bugs.FLASHINFER_4237, {"GLM_5", "DEEPSEEK_V3", "MINIMAX_M2", "STEP_3_5",
+                                "TRINITY", "QWEN3_5"}),
+    ],
+    ids=lambda value: getattr(value, "id", ""),
+)  # fmt: skip
+def test_each_entry_hits_the_layers_it_describes(bug, hit):
+    families = ("GLM_5", "DEEPSEEK_V3", "MINIMAX_M2", "STEP_3_5", "TRINITY", "QWEN3_5")
+    assert {name for name in families if bug.layers.hits(globals()[name])} == hit
 
 
 @pytest.mark.parametrize(
@@ -78,20 +142,75 @@ def test_which_flashinfer_releases_each_entry_affects(flashinfer, affected):
      (513, 8, False), (256, 10, False), (160, 8, True), (32, 4, False)],
 )  # fmt: skip
 def test_flashinfer_2822_envelope(experts, top_k, inside):
-    assert bugs.FLASHINFER_2822.envelope.contains(experts, top_k) is inside
+    for method in ("Renormalize", "RenormalizeNaive"):
+        assert bugs.FLASHINFER_2822.layers.hits(layer(method, experts, top_k)) is (
+            inside
+        )
+    assert bugs.FLASHINFER_2822.layers.hits(layer("DeepSeekV3", experts, top_k)) is (
+        False
+    )
 
 
-def test_guard_reason_is_read_from_the_entry():
+def test_a_value_only_the_layer_holds_is_hidden_without_it():
+    blind = LayerFacts("DeepSeekV3", "fp8-block", 256, 8)  # no layer being built
+    assert bugs.FLASHINFER_3875.layers.hits(blind) is None
+    assert bugs.VLLM_43769.layers.hits(blind) is None
+    # A visible value that rules the layer out still decides.
+    assert bugs.FLASHINFER_3499.layers.hits(blind) is False  # not MiniMax2
+    assert bugs.FLASHINFER_2822.layers.hits(LayerFacts("Renormalize", "bf16")) is None
+    assert bugs.FLASHINFER_3875.layers.hidden == "n_group, its correction bias"
+
+
+def test_layers_in_words():
+    assert str(bugs.FLASHINFER_2822.layers) == (
+        "Renormalize/RenormalizeNaive layers with 128 < experts <= 512 and top_k < 10"
+    )
+    assert str(bugs.FLASHINFER_3875.layers) == (
+        "DeepSeekV3/MiniMax2 layers without expert groups (n_group <= 1) with a "
+        "correction bias"
+    )
+    assert str(bugs.FLASHINFER_3499.layers) == (
+        "MiniMax2 layers whose routed_scaling_factor into the kernel is not 1"
+    )
+    assert str(bugs.FLASHINFER_4237.layers) == "every layer"
+
+
+def test_the_refusal_reason_is_read_from_the_entry():
     decision = decide("0.6.6")
     assert decision.action == "guard"
     assert decision.reason.startswith(
         "flashinfer-python 0.6.6 < 0.6.7 (flashinfer#2822)"
     )
-    assert decision.guard is not None
-    assert decision.guard.reason(256, 8) == (
-        "FlashInfer 0.6.6 routes Renormalize wrongly for 128 < experts <= 512 with "
-        "top_k < 10 (flashinfer#2822; fixed in 0.6.7; this layer: 256 experts, top_k 8)"
+    check = policy.LayerCheck(
+        (policy.Planned(bugs.FLASHINFER_2822, "guarded", "guarded"),),
+        flashinfer="0.6.6",
     )
+    verdict = check.judge(QWEN3_5)
+    assert verdict.refused
+    assert verdict.reason() == (
+        "FlashInfer 0.6.6 routes Renormalize wrongly for Renormalize/RenormalizeNaive "
+        "layers with 128 < experts <= 512 and top_k < 10 (flashinfer#2822; fixed in "
+        "0.6.7; this layer: Renormalize, 256 experts, top_k 8, scale 1, bf16)"
+    )
+    assert not check.judge(layer("Renormalize", 128)).refused
+
+
+def test_a_hidden_value_takes_the_entrys_hidden_action():
+    """flashinfer#3875 guards layers it hits, and only warns where n_group is
+    not visible: a guard would then refuse DeepSeek-V3's grouped layers too."""
+    finding = next(f for f in decide("0.6.14").findings if f.bug.id.endswith("3875"))
+    assert (finding.action, finding.hidden_action) == ("guard", "warn")
+    check = policy.LayerCheck(
+        (policy.Planned(bugs.FLASHINFER_3875, "guarded", "warned"),), False, "0.6.14"
+    )
+    blind = check.judge(LayerFacts("DeepSeekV3", "fp8-block", 256, 8))
+    assert (blind.refused, blind.warned, blind.blind) == (
+        False,
+        [bugs.FLASHINFER_3875],
+        [bugs.FLASHINFER_3875],
+    )
+    assert check.judge(GLM_5).refused
+    assert not check.judge(DEEPSEEK_V3).refused
 
 
 def test_a_new_entry_reaches_the_decision(monkeypatch):
@@ -107,44 +226,25 @@ def test_a_new_entry_reaches_the_decision(monkeypatch):
     assert decide("0.7.0").reason.startswith("flashinfer-python 0.7.0 >= 0.7.0")
 
 
-class Experts:
-    is_supported_config = staticmethod(supported)
-
-    @staticmethod
-    def _supports_routing_method(routing_method, weight_key, activation_key):
-        return routing_method in (Methods.Renormalize, Methods.RenormalizeNaive)
-
-
-@pytest.mark.parametrize(("reached", "state"), [(True, "patched"), (False, "native")])
-def test_guard_changes_only_the_targets_an_entry_reaches(reached, state):
-    cls = type("Experts", (Experts,), {})
-    module = stand_in_module(cls)
-    bug = bugs.FLASHINFER_2822.replace(targets=("Experts",) if reached else ())
-    decision = policy.Decision("guard", "test", guard=policy.Guard((bug,), "0.6.6"))
-    outcome = patching.apply(STAND_IN_TARGET, module, decision)
-    assert outcome.state == state
-    assert ("is_supported_config" in vars(cls)) is reached
-    if outcome.patch is not None:
-        outcome.patch.undo()
-    assert "is_supported_config" not in vars(cls)
-
-
 def test_default_actions_and_what_a_user_can_change():
     d = decide("0.6.11.post2", VLLM_MOE_ROUTING_KNOWN_BUGS=(
         "flashinfer#3946=guard,flashinfer#4237=ignore,flashinfer#3499=warn,"
-        "flashinfer#2642=guard,flashinfer#2822=warn,flashinfer#1=guard"
+        "flashinfer#2642=guard,flashinfer#2822=warn,flashinfer#1=guard,"
+        "flashinfer#3875=fix,vllm#43769=guard"
     ))  # fmt: skip
-    actions = {f.bug.id: f.action for f in d.findings}
+    actions = {f.bug.id: (f.action, f.hidden_action) for f in d.findings}
     assert actions == {
-        "flashinfer#2822": "none",  # VLLM_MOE_ROUTING_RENORMALIZE governs it
-        "flashinfer#3803": "warn",
-        "flashinfer#3946": "guard",
-        "flashinfer#3875": "warn",
-        "flashinfer#3499": "warn",
-        "vllm#43769": "guard",
-        "flashinfer#2642": "warn",  # not a routing bug: cannot be guarded
-        "flashinfer#4237": "none",
-        "flashinfer#4486": "warn",
+        # VLLM_MOE_ROUTING_RENORMALIZE governs it
+        "flashinfer#2822": ("guard", "guard"),
+        "flashinfer#3803": ("warn", "warn"),
+        "flashinfer#3946": ("guard", "guard"),
+        "flashinfer#3875": ("guard", "warn"),  # no fix to apply: its default
+        "flashinfer#3499": ("warn", "warn"),
+        "vllm#43769": ("guard", "guard"),
+        "vllm#32437": ("guard", "guard"),
+        "flashinfer#2642": ("warn", "warn"),  # not a routing bug: no guard
+        "flashinfer#4237": ("ignore", "ignore"),
+        "flashinfer#4486": ("warn", "warn"),
     }
     assert d.notes == (
         "VLLM_MOE_ROUTING_KNOWN_BUGS: flashinfer#2642 cannot be guarded (not a "
@@ -152,23 +252,33 @@ def test_default_actions_and_what_a_user_can_change():
         "VLLM_MOE_ROUTING_KNOWN_BUGS cannot set flashinfer#2822; "
         "VLLM_MOE_ROUTING_RENORMALIZE governs it",
         "VLLM_MOE_ROUTING_KNOWN_BUGS names flashinfer#1, not a known bug; ignored",
+        "VLLM_MOE_ROUTING_KNOWN_BUGS: flashinfer#3875 has no fix the plugin can "
+        "apply; it stays guard",
     )
     assert d.action == "enable"
-    assert d.guard is not None
-    assert [bug.id for bug in d.guard.bugs] == ["flashinfer#3946", "vllm#43769"]
-    assert d.guard.methods == ("DeepSeekV3",)
+    assert [f.bug.id for f in d.acting] == [
+        "flashinfer#3803", "flashinfer#3946", "flashinfer#3875", "flashinfer#3499",
+        "vllm#43769", "vllm#32437",
+    ]  # fmt: skip
 
 
 def test_renormalize_decision_is_unchanged_by_other_entries():
-    guard = decide("0.6.6").guard
-    assert [bug.id for bug in guard.bugs] == ["flashinfer#2822", "vllm#43769"]
-    assert guard.scope == "128 < experts <= 512 with top_k < 10"
     for version, action in [("0.6.6", "guard"), ("0.6.8.post1", "enable")]:
         d = decide(version)
         assert d.action == action
         assert d.reason.startswith(
             f"flashinfer-python {version} {'<' if action == 'guard' else '>='} 0.6.7"
         )
+    forced = decide("0.6.6", VLLM_MOE_ROUTING_RENORMALIZE="enable")
+    renormalize = forced.findings[0]
+    assert (renormalize.bug, renormalize.in_range, renormalize.action) == (
+        bugs.FLASHINFER_2822,
+        True,
+        "ignore",
+    )
+
+
+# Patching a stand-in target
 
 
 class Routing(enum.IntEnum):
@@ -216,75 +326,114 @@ def config(method: str, experts: int = 256, top_k: int = 8):
                            routing_method=routing)  # fmt: skip
 
 
+def being_built(experts=256, top_k=8, *, n_group=None, bias=False, scale=1.0):
+    """A stand-in for the vLLM layer object under construction."""
+    return SimpleNamespace(
+        global_num_experts=experts, top_k=top_k, num_expert_group=n_group,
+        topk_group=n_group, e_score_correction_bias=object() if bias else None,
+        routed_scaling_factor=scale, layer_name="model.layers.1.mlp.experts",
+    )  # fmt: skip
+
+
 def entry(bug: bugs.KnownBug) -> bugs.KnownBug:
-    return bug.replace(targets=("Experts",))
+    return bug.replace(targets=(STAND_IN_TARGET,))
 
 
-def guarding(bug: bugs.KnownBug, flashinfer: str = "0.6.8.post1") -> policy.Decision:
-    """An ``enable`` decision that guards one entry, found to affect the install."""
+def deciding(bug: bugs.KnownBug, action="guard", flashinfer="0.6.8.post1"):
+    """An ``enable`` decision with one in-range entry."""
     return policy.Decision(
         "enable",
         "test",
-        guard=policy.Guard((bug,), flashinfer),
-        findings=(policy.Finding(bug, True, "guard"),),
+        (policy.Finding(bug, True, action),),
+        flashinfer=flashinfer,
     )
 
 
-def test_a_guard_entry_refuses_its_method_for_every_shape_and_says_why():
+def ask(cls, method, built=None, experts=256, top_k=8):
+    """``is_supported_config`` as vLLM's oracle asks it, inside ``built``'s
+    constructor when given; the verdicts it reached."""
+    build = layers.enter(built) if built is not None else None
+    try:
+        answer = cls.is_supported_config(
+            cls, config(method, experts, top_k), None, None, None
+        )
+    finally:
+        if build is not None:
+            layers.leave()
+    return answer, (build.verdicts if build else [])
+
+
+def test_a_guard_entry_refuses_only_the_layers_it_hits_and_says_why():
     cls = type("Experts", (SigmoidExperts,), {})
-    decision = guarding(entry(bugs.FLASHINFER_3499), "0.6.11.post2")
+    decision = deciding(entry(bugs.FLASHINFER_3499), flashinfer="0.6.11.post2")
     outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
-    assert (outcome.state, outcome.detail) == ("patched", "-MiniMax2 for all shapes")
-    assert outcome.bugs == ("flashinfer#3499",)
-    check = cls.is_supported_config
-    assert check(cls, config("MiniMax2", 32, 2), None, None, None) == (
+    assert (outcome.state, outcome.detail) == ("patched", "checks each layer")
+    assert [p.bug.id for p in outcome.planned] == ["flashinfer#3499"]
+    step = being_built(288, scale=3.0)
+    (answer, verdicts) = ask(cls, "MiniMax2", step, 288)
+    assert answer == (
         False,
-        "FlashInfer 0.6.11.post2 routes MiniMax2 with a route scale of 1.0 "
-        "(flashinfer#3499; fixed in 0.6.13; this layer: 32 experts, top_k 2)",
+        "FlashInfer 0.6.11.post2 routes MiniMax2 with a route scale of 1.0 for "
+        "MiniMax2 layers whose routed_scaling_factor into the kernel is not 1 "
+        "(flashinfer#3499; fixed in 0.6.13; this layer: MiniMax2, 288 experts, "
+        "top_k 8, scale 3, bf16)",
     )
+    assert [(t, [b.id for b in v.guarded]) for t, v in verdicts] == [
+        (STAND_IN_TARGET, ["flashinfer#3499"])
+    ]
+    minimax_m2 = being_built()
+    assert ask(cls, "MiniMax2", minimax_m2)[0] == (True, None)  # scale 1
+    assert ask(cls, "MiniMax2")[0][0] is False  # no layer visible: its action
     for method in ("Renormalize", "DeepSeekV3"):
-        assert check(cls, config(method), None, None, None) == (True, None)
+        assert ask(cls, method, step, 288)[0] == (True, None)
     assert patching.accepted_after(outcome) is None  # its module is not imported
-    assert log_line.import_line([outcome], decision) == (
-        "moe_routing: on import: Experts -MiniMax2 for all shapes; "
-        "known bugs: flashinfer#3499 guarded"
+    assert log_line.import_line([outcome]) == (
+        "moe_routing: on import: Experts checks each layer"
     )
     outcome.patch.undo()
     assert "is_supported_config" not in vars(cls)
 
 
-def test_a_warn_entry_changes_nothing_and_is_named_once():
+def test_a_warn_entry_changes_no_answer_and_is_said_for_the_layer():
     cls = type("Experts", (SigmoidExperts,), {})
     nan = entry(bugs.FLASHINFER_3946)
-    decision = policy.Decision(
-        "enable", "test", findings=(policy.Finding(nan, True, "warn"),)
+    outcome = patching.apply(
+        STAND_IN_TARGET, stand_in_module(cls, Routing), deciding(nan, "warn")
     )
-    outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
-    assert (outcome.state, outcome.patch, outcome.bugs) == (
-        "native",
-        None,
-        ("flashinfer#3946",),
+    assert outcome.state == "patched"
+    dsv3 = being_built(n_group=8, bias=True)
+    answer, verdicts = ask(cls, "DeepSeekV3", dsv3)
+    assert answer == (True, None)
+    report = log_line.LayerReport(verdicts, "Experts", "model.layers.1.mlp.experts")
+    assert report.line() == (
+        "moe_routing: model.layers.1.mlp.experts and later layers like it: "
+        "DeepSeekV3, 256 experts, top_k 8, n_group 8, bias, scale 1, bf16 "
+        "-> Experts: flashinfer#3946 warned"
     )
-    assert set(vars(cls)) == set(vars(type("Experts", (SigmoidExperts,), {})))
-    line = log_line.decision_line("0.1.0", decision, [outcome])
-    assert line == (
-        "moe_routing 0.1.0: enable (test) - Experts native; "
-        "known bugs: flashinfer#3946 warned"
+    bug, verdict, target = report.warned[0]
+    assert log_line.layer_warning(
+        bug, verdict, target, "x", (("flashinfer#4237", "ignore"),)
+    ).endswith(
+        "FlashInfer 0.6.8.post1 divides grouped DeepSeekV3 routing weights by a zero "
+        "sum (fixed in 0.6.17); vLLM left unchanged for it; to keep such layers off "
+        "the fused routing: VLLM_MOE_ROUTING_KNOWN_BUGS=flashinfer#4237=ignore,"
+        "flashinfer#3946=guard; `vllm-moe-routing status` lists every known bug"
     )
-    assert log_line.warning(decision.findings) == (
-        "moe_routing: known bugs reach this install, vLLM left unchanged for them: "
-        "flashinfer#3946 (divides grouped DeepSeekV3 routing weights by a zero sum; "
-        "fixed in FlashInfer 0.6.17); VLLM_MOE_ROUTING_KNOWN_BUGS=<id>=guard keeps "
-        "the layers a routing bug reaches off the fused routing (flashinfer#3946); "
-        "docs/known-bugs.md"
+    glm = being_built(n_group=1, bias=True)
+    _, verdicts = ask(cls, "DeepSeekV3", glm)
+    assert (
+        log_line.LayerReport(verdicts, "Experts")
+        .line()
+        .endswith("-> Experts: no known bug hits it")
     )
+    outcome.patch.undo()
 
 
-def test_an_entry_reaches_only_where_vllm_lets_its_method_in():
+def test_an_entry_applies_only_where_vllm_lets_its_method_in():
     cls = experts_accepting(Routing.Renormalize, Routing.RenormalizeNaive)
-    decision = guarding(entry(bugs.FLASHINFER_3499))
+    decision = deciding(entry(bugs.FLASHINFER_3499))
     outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
-    assert (outcome.state, outcome.bugs) == ("native", ())
+    assert (outcome.state, outcome.planned) == ("native", ())
     assert "is_supported_config" not in vars(cls)
 
 
@@ -298,35 +447,40 @@ def passing_apply(self, router_logits, routed_scaling_factor=None):
 def test_a_vllm_defect_is_found_by_probing_vllms_code(passes):
     apply = passing_apply if passes else SigmoidExperts.apply
     cls = type("Experts", (SigmoidExperts,), {"apply": apply})
-    defect = bugs.VLLM_43769.defect
     scale = entry(bugs.VLLM_43769).replace(
-        defect=bugs.VllmDefect(defect.keyword, {"Experts": "Experts.apply"})
+        defect=bugs.VllmDefect(
+            "routed_scaling_factor", {STAND_IN_TARGET: "Experts.apply"}, "test"
+        )
     )
-    decision = guarding(scale)
-    outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
+    outcome = patching.apply(
+        STAND_IN_TARGET, stand_in_module(cls, Routing), deciding(scale, "fix")
+    )
     if passes:
-        assert (outcome.state, outcome.bugs) == ("native", ())
+        assert (outcome.state, outcome.planned) == ("native", ())
         return
-    assert (outcome.state, outcome.detail) == ("patched", "-DeepSeekV3 for all shapes")
-    assert outcome.bugs == ("vllm#43769",)
-    assert cls.is_supported_config(cls, config("DeepSeekV3"), None, None, None) == (
+    # No backport for this caller: the entry guards instead.
+    assert [(p.bug.id, p.done) for p in outcome.planned] == [("vllm#43769", "guarded")]
+    trinity = being_built(128, n_group=1, bias=True, scale=2.826)
+    assert ask(cls, "DeepSeekV3", trinity, 128)[0] == (
         False,
-        "FlashInfer's trtllm_bf16_moe is called by vLLM without "
-        "routed_scaling_factor for DeepSeekV3 routing (vllm#43769; this layer: "
-        "256 experts, top_k 8)",
+        "FlashInfer's trtllm_bf16_moe is called by vLLM without routed_scaling_factor "
+        "for DeepSeekV3 layers whose routed_scaling_factor into the kernel is not 1 "
+        "(vllm#43769; this layer: DeepSeekV3, 128 experts, top_k 8, n_group 1, bias, "
+        "scale 2.826, bf16)",
     )
+    assert ask(cls, "DeepSeekV3", being_built(n_group=8, bias=True))[0] == (True, None)
     outcome.patch.undo()
 
 
-def test_widening_and_guarding_one_class_undo_together():
+def test_widening_and_checking_one_class_undo_together():
     """vLLM 0.18/0.19's FP8 class lacks Renormalize (widened on ``enable``)
-    while a guarded entry refuses another method: two patches, one outcome."""
+    while an in-range entry is judged per layer: two patches, one outcome."""
 
     cls = experts_accepting(Routing.DeepSeekV3, Routing.MiniMax2)
     written = dict(vars(cls))
-    decision = guarding(entry(bugs.FLASHINFER_3499))
+    decision = deciding(entry(bugs.FLASHINFER_3499))
     outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
-    assert outcome.detail == ("+Renormalize +RenormalizeNaive -MiniMax2 for all shapes")
+    assert outcome.detail == "+Renormalize +RenormalizeNaive, checks each layer"
     assert outcome.patch.attrs == ("_supports_routing_method", "is_supported_config")
     assert cls._supports_routing_method(Routing.Renormalize, None, None)
     outcome.patch.undo()
@@ -334,10 +488,9 @@ def test_widening_and_guarding_one_class_undo_together():
 
 
 def readme_row(bug: bugs.KnownBug) -> str:
-    methods = ", ".join(bug.methods) or "every"
     return (
-        f"| {bug.id} | {bug.title} | {methods} | {bug.scope} | {bug.affected} | "
-        f"{bug.fixed_in_text if bug.fixed_in else 'probed'} | {bug.action} |"
+        f"| {bug.id} | {bug.title} | {bug.layers} | {bug.affected} | "
+        f"{bug.fixed_in_text} | {bug.action} |"
     )
 
 

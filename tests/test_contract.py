@@ -22,7 +22,7 @@ import pytest
 from packaging.version import Version
 
 from support import FLASHINFER, VLLM, versions
-from vllm_moe_routing_plugin import activation, bugs, checks, log_line, targets
+from vllm_moe_routing_plugin import activation, bugs, checks, targets
 from vllm_moe_routing_plugin.envs import KNOWN_BUGS_VAR
 from vllm_support import BOTH, SM100, import_target_modules, methods
 
@@ -190,10 +190,13 @@ def test_installed_flashinfer_decides():
             "flashinfer": FLASHINFER,
             "action": action,
             "line": line,
-            "known_bugs": [
-                f"{f.bug.id} {log_line.DONE[f.action]}"
-                for f in log_line.reached(current.decision, current.outcomes.values())
-            ],
+            "known_bugs": list(
+                dict.fromkeys(
+                    f"{plan.bug.id} {plan.done}"
+                    for outcome in current.outcomes.values()
+                    for plan in outcome.planned
+                )
+            ),
         }
         | {f"installed:{o.target.name}": o.state for o in current.outcomes.values()}
     )

@@ -10,14 +10,19 @@ from types import ModuleType
 import pytest
 
 from support import STAND_IN_TARGET, Methods, stand_in_module, supported
-from vllm_moe_routing_plugin import bugs, patching, policy
+from vllm_moe_routing_plugin import bugs, patching, policy, targets
 
 ENABLE = policy.Decision("enable", "test")
-#: flashinfer#2822, as if it reached the stand-in target too.
+#: flashinfer#2822, as if its kernel were behind the stand-in target too.
 GUARD = policy.Decision(
     "guard",
     "test",
-    guard=policy.Guard((bugs.FLASHINFER_2822.replace(targets=("Experts",)),), "0.6.6"),
+    (
+        policy.Finding(
+            bugs.FLASHINFER_2822.replace(targets=(STAND_IN_TARGET,)), True, "guard"
+        ),
+    ),
+    flashinfer="0.6.6",
 )
 
 
@@ -121,3 +126,66 @@ def test_missing_class_is_absent():
     module = ModuleType("future.module")
     module.RoutingMethodType = Methods
     assert patching.apply(STAND_IN_TARGET, module, ENABLE).state == "absent"
+
+
+class Layer:
+    """A layer class of the known shape: its constructor sets the values
+    the layer checks read, then asks for its kernel."""
+
+    def __init__(self, bias=None):
+        self.num_expert_group = None
+        self.topk_group = None
+        self.e_score_correction_bias = bias
+        self.routed_scaling_factor = 1.0
+        self.quant_method = "chosen"
+
+
+class LayerWithoutScale:
+    def __init__(self):
+        self.num_expert_group = None
+        self.topk_group = None
+        self.e_score_correction_bias = None
+        self.quant_method = "chosen"
+
+
+def layer_module(cls):
+    module = ModuleType("future.layer")
+    module.FusedMoE = cls
+    return module
+
+
+LAYER_CLASS = targets.LayerClass("future.layer", "FusedMoE", "future")
+
+
+def test_a_known_layer_class_is_watched_and_put_back():
+    cls = type("FusedMoE", (Layer,), {"__init__": Layer.__init__})
+    built = []
+    outcome = patching.watch_layers(LAYER_CLASS, layer_module(cls), built.append)
+    assert (outcome.state, outcome.detail) == ("patched", "layers visible")
+    instance = cls(bias="b")
+    assert instance.e_score_correction_bias == "b"  # vLLM's constructor ran
+    assert [build.layer for build in built] == [instance]
+    outcome.patch.undo()
+    assert vars(cls)["__init__"] is Layer.__init__
+
+
+def test_a_layer_class_that_does_not_set_a_value_is_left_alone_and_said():
+    cls = type("FusedMoE", (LayerWithoutScale,), {})
+    cls.__init__ = LayerWithoutScale.__init__
+    before = snapshot(cls)
+    outcome = patching.watch_layers(LAYER_CLASS, layer_module(cls), print)
+    assert outcome.state == "unrecognised"
+    assert "does not set routed_scaling_factor" in outcome.detail
+    assert outcome.detail.endswith("judged without the layers' own values")
+    assert snapshot(cls) == before
+
+
+def test_a_layer_factory_function_is_no_layer_class():
+    """vLLM 0.24 - 0.26: ``layer.FusedMoE`` is a function building a
+    ``RoutedExperts``."""
+
+    def FusedMoE():
+        return None
+
+    outcome = patching.watch_layers(LAYER_CLASS, layer_module(FusedMoE), print)
+    assert outcome.state == "absent"

@@ -92,7 +92,7 @@ def test_bug_actions(raw, value):
         ("flashinfer#3946", "expected a comma-separated list"),
         ("3946=guard", "expected a comma-separated list"),
         ("flashinfer#=guard", "expected a comma-separated list"),
-        ("flashinfer#3946=off", "flashinfer#3946: expected guard, warn or ignore"),
+        ("flashinfer#3946=off", "flashinfer#3946: expected guard, fix, warn or ignore"),
         ("flashinfer#\u0663=guard", "ASCII"),  # an Arabic-Indic digit
     ],
 )

@@ -86,13 +86,9 @@ def load_plugins(monkeypatch, records):
 
 
 def failures(records) -> list[str]:
-    """The WARNINGs about failures: the one naming the known bugs that reach
-    this install (FlashInfer as pinned, e.g. 0.6.6) is not about a failure."""
-    return [
-        line
-        for line in records.lines(logging.WARNING)
-        if not line.startswith("moe_routing: known bugs reach this install")
-    ]
+    """The WARNINGs about failures (loading the plugin builds no MoE layer,
+    so it warns about no known bug)."""
+    return records.lines(logging.WARNING)
 
 
 def assert_whole(failed: set[targets.Target] = frozenset()) -> None:

@@ -98,10 +98,12 @@ def test_mxfp4_oracle_keeps_gpt_oss_on_the_fused_kernel(sm100):
 def test_fixed_flashinfer_changes_nothing(sm100):
     nvfp4 = module(f"{EXPERTS}.trtllm_nvfp4_moe").TrtLlmNvFp4ExpertsMonolithic
     mxfp4 = module(f"{EXPERTS}.trtllm_mxfp4_moe").TrtLlmMxfp4ExpertsMonolithic
-    before = (dict(vars(nvfp4)), dict(vars(mxfp4)))
+    routing = (nvfp4._supports_routing_method, mxfp4._supports_routing_method)
     current = activation.activate(SM100)
     assert current.decision.action == "enable"
-    assert (dict(vars(nvfp4)), dict(vars(mxfp4))) == before
+    # Known bugs other than flashinfer#2822 may be in range of this FlashInfer:
+    # their layer checks change no answer for these layers.
+    assert (nvfp4._supports_routing_method, mxfp4._supports_routing_method) == routing
     assert nvfp4_choice(256, 8) == "TrtLlmNvFp4ExpertsMonolithic"
     assert mxfp4_choice(256, 8) == "TrtLlmMxfp4ExpertsMonolithic"
 

@@ -1,9 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The known-bug catalogue against real vLLM releases: each ``guard`` entry
-moves the layers it reaches off the monolithic class in vLLM's own backend
-selection (``fused_moe/oracle/``) on a release it affects, keeps the others,
-and changes nothing where it does not reach; ``status`` reports which entries
-reach (docs/known-bugs.md).
+"""The known-bug catalogue against real vLLM releases, before any layer is
+built: which entries are planned at which target (a bug in vLLM's code only
+where probing its code finds it; the backport where vLLM's code is
+recognised), what ``status`` reports (install range, the layers each entry
+hits, where), and what the log says. Real layers: tests/test_layers.py.
 
 The edges that cannot be real here are answered, and say so in the run's
 output: the platform as a CUDA SM100 device and FlashInfer's kernels as present
@@ -17,8 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from support import versions
-from vllm_moe_routing_plugin import activation
+from vllm_moe_routing_plugin import activation, checks
 from vllm_moe_routing_plugin import bugs as bugs_module
 from vllm_moe_routing_plugin.diagnostics import cli, status
 from vllm_support import (
@@ -79,79 +78,38 @@ def bf16_sm100(monkeypatch):
     without_vllm_config(monkeypatch, UNQUANTIZED_ORACLE)
 
 
-# flashinfer#3499: MiniMax2 with a route scale of 1.0 (FlashInfer 0.6.8 - 0.6.12)
-
-
-@pytest.mark.vllm("==0.22.1")
-@pytest.mark.flashinfer("==0.6.11.post2")
-def test_minimax2_layers_leave_the_fused_fp8_kernel_on_0_22(fp8_sm100):
-    assert fp8_choice("MiniMax2") == "TrtLlmFp8ExpertsMonolithic"
-    current = activation.activate(SM100)
-    assert current.decision.action == "enable"  # Renormalize is fixed in 0.6.11
-    assert fp8_choice("MiniMax2") == "TrtLlmFp8ExpertsModular"
-    assert fp8_choice("MiniMax2", 32, 2) == "TrtLlmFp8ExpertsModular"  # every shape
-    assert fp8_choice("Renormalize") == "TrtLlmFp8ExpertsMonolithic"
-    assert fp8_choice("DeepSeekV3") == "TrtLlmFp8ExpertsMonolithic"  # only warned
-    outcome = next(
-        o
-        for o in current.outcomes.values()
-        if o.target.name == "TrtLlmFp8ExpertsMonolithic"
-    )
-    assert outcome.detail == "-MiniMax2 for all shapes"
-    assert {"flashinfer#3499", "flashinfer#3803", "flashinfer#3946"} <= set(
-        outcome.bugs
-    )
-    activation.deactivate()
-    assert fp8_choice("MiniMax2") == "TrtLlmFp8ExpertsMonolithic"
-
-
-@pytest.mark.vllm("==0.22.1")
-def test_a_fixed_flashinfer_keeps_minimax2_on_the_fused_kernel(fp8_sm100):
-    print("FlashInfer 0.6.13 injected")
-    current = activation.activate(
-        SM100, version_of=versions(flashinfer_python="0.6.13")
-    )
-    assert fp8_choice("MiniMax2") == "TrtLlmFp8ExpertsMonolithic"
-    assert not any("flashinfer#3499" in o.bugs for o in current.outcomes.values())
-
-
-@pytest.mark.vllm("==0.22.1")
-def test_minimax2_guard_can_be_turned_down_to_a_warning(fp8_sm100):
-    env = {**SM100, "VLLM_MOE_ROUTING_KNOWN_BUGS": "flashinfer#3499=warn"}
-    activation.activate(env)
-    assert fp8_choice("MiniMax2") == "TrtLlmFp8ExpertsMonolithic"
-
-
-# vllm#43769: vLLM's BF16 TRT-LLM MoE does not pass routed_scaling_factor
-
-
-@pytest.mark.vllm("==0.20.2")
-def test_deepseekv3_bf16_layers_leave_the_trtllm_kernel_on_0_20(bf16_sm100):
-    assert bf16_choice("DeepSeekV3") == "TrtLlmBf16Experts"
-    current = activation.activate(SM100)
-    assert bf16_choice("DeepSeekV3") != "TrtLlmBf16Experts"  # Kimi-Linear, Trinity
-    assert bf16_choice("DeepSeekV3", 64, 6) != "TrtLlmBf16Experts"
-    assert bf16_choice("Renormalize") == "TrtLlmBf16Experts"  # no scale applied there
-    outcome = next(
-        o for o in current.outcomes.values() if o.target.name == "TrtLlmBf16Experts"
-    )
-    assert outcome.detail == "-DeepSeekV3 for all shapes"
-    assert "vllm#43769" in outcome.bugs
-    activation.deactivate()
-    assert bf16_choice("DeepSeekV3") == "TrtLlmBf16Experts"
-
-
 @pytest.mark.vllm(">=0.22")
 def test_a_vllm_that_passes_the_scale_is_left_alone(bf16_sm100):
     """The probe reads vLLM's code, not its version: from 0.22 the BF16 class
-    passes routed_scaling_factor, so the entry reaches nothing."""
+    passes routed_scaling_factor, so the entry is planned nowhere."""
     cls = module(BF16)
     name = "TrtLlmBf16ExpertsMonolithic"
     if not hasattr(cls, name):
         name = "TrtLlmBf16Experts"
     current = activation.activate(SM100)
-    assert not any("vllm#43769" in o.bugs for o in current.outcomes.values())
+    planned = [p.bug.id for o in current.outcomes.values() for p in o.planned]
+    assert "vllm#43769" not in planned
     assert bf16_choice("DeepSeekV3") == name
+
+
+@pytest.mark.vllm("==0.20.2")
+def test_the_bf16_backport_is_applied_where_vllms_code_is_recognised(bf16_sm100):
+    cls = module(BF16).TrtLlmBf16Experts
+    original = vars(cls)["apply"]
+    current = activation.activate(SM100)
+    outcome = next(
+        o for o in current.outcomes.values() if o.target.name == "TrtLlmBf16Experts"
+    )
+    assert outcome.detail == "apply backported, checks each layer"
+    assert [(p.bug.id, p.done) for p in outcome.planned if p.bug.defect] == [
+        ("vllm#43769", "fixed")
+    ]
+    assert vars(cls)["apply"] is not original
+    # vLLM's code as the plugin left it passes the scale now.
+    keyword = "routed_scaling_factor"
+    assert not checks.lacks_keyword(module(BF16), "TrtLlmBf16Experts.apply", keyword)
+    activation.deactivate()
+    assert vars(cls)["apply"] is original
 
 
 # status: which entries reach (the done-when of the catalogue)
@@ -166,98 +124,89 @@ def status_json(*args):
 
 @pytest.mark.vllm("==0.26.0")
 @pytest.mark.flashinfer("==0.6.14")
-def test_status_on_0_26_lists_the_deepseekv3_nan_entries():
+def test_status_on_0_26_lists_the_entries_in_range_and_their_layers():
     bugs = status_json("--capability", "10.0")
-    assert {k for k, v in bugs.items() if v["reaches"]} == {
+    assert {k for k, v in bugs.items() if v["in_range"]} == {
         "flashinfer#3803", "flashinfer#3946", "flashinfer#3875", "flashinfer#4237",
+        "vllm#43769", "vllm#32437",
     }  # fmt: skip
-    nan = bugs["flashinfer#3803"]
-    assert (nan["action"], nan["default_action"], nan["fixed_in"]) == (
+    cancel = bugs["flashinfer#3875"]
+    assert (cancel["action"], cancel["hidden_action"], cancel["fixed_in"]) == (
+        "guard",
         "warn",
-        "warn",
-        "0.6.15",
+        "0.6.18",
     )
-    assert "TrtLlmFp8ExpertsMonolithic" in nan["targets"]
+    assert cancel["layers"] == (
+        "DeepSeekV3/MiniMax2 layers without expert groups (n_group <= 1) with a "
+        "correction bias"
+    )
+    assert "TrtLlmFp8ExpertsMonolithic" in cancel["applies_to"]
+    # vLLM 0.26 passes the scale in BF16: the probe finds no defect there.
+    assert bugs["vllm#43769"]["applies_to"] == []
 
 
 @pytest.mark.vllm("==0.33.0")
-def test_status_on_0_33_reaches_no_entry():
+def test_status_on_0_33_has_no_entry_in_range():
     bugs = status_json("--capability", "10.0")
-    assert [k for k, v in bugs.items() if v["reaches"]] == []
-    assert {v["action"] for v in bugs.values()} == {"none"}
+    in_range = [k for k, v in bugs.items() if v["in_range"] and v["applies_to"]]
+    assert in_range == []
 
 
 @pytest.mark.vllm("==0.19.1")
 @pytest.mark.flashinfer("==0.6.6")
-def test_status_on_0_19_as_pinned_reaches_2822_and_not_with_0_6_7():
+def test_status_on_0_19_as_pinned_has_2822_in_range_and_not_with_0_6_7():
     pinned = status_json("--capability", "10.0")["flashinfer#2822"]
-    assert (pinned["reaches"], pinned["action"]) == (True, "guard")
+    assert (pinned["in_range"], pinned["action"]) == (True, "guard")
+    assert (
+        "flashinfer_trtllm_moe._supports_routing_method_bf16" in (pinned["applies_to"])
+    )
     fixed = status_json("--capability", "10.0", "--flashinfer", "0.6.7")
-    assert fixed["flashinfer#2822"]["reaches"] is False
-    assert fixed["flashinfer#2822"]["action"] == "none"
+    assert fixed["flashinfer#2822"]["in_range"] is False
+    assert fixed["flashinfer#2822"]["applies_to"] == []
 
 
 @pytest.mark.vllm("==0.19.1")
-def test_status_reaches_nothing_without_an_sm100_gpu():
+def test_status_has_nothing_in_range_without_an_sm100_gpu():
     bugs = status_json("--capability", "9.0")
-    assert [k for k, v in bugs.items() if v["reaches"]] == []
+    assert [k for k, v in bugs.items() if v["in_range"]] == []
 
 
-# The log: what a vLLM process says about the known bugs
+# The log: what a vLLM process says about the known bugs before any layer
 
 
 @pytest.mark.vllm("==0.19.1")
 @pytest.mark.flashinfer("==0.6.6")
-def test_the_log_names_each_reaching_bug_and_warns_once(records):
+def test_the_log_names_no_known_bug_before_a_layer_is_built(records):
     import_target_modules()
     current = activation.activate(SM100)
     current.report()  # as on the next target import, once logging is up
     line = current.line()
-    assert line.endswith(
-        "; known bugs: flashinfer#2822 guarded, flashinfer#3803 warned, "
-        "flashinfer#3946 warned, vllm#43769 guarded, flashinfer#4237 warned"
+    assert line.startswith(
+        "moe_routing 0.1.0: guard (flashinfer-python 0.6.6 < 0.6.7 (flashinfer#2822); "
+        "GPU 0 sm_100) - "
     ), line
-    warnings = [
-        w
-        for w in records.lines(logging.WARNING)
-        if w.startswith("moe_routing: known bugs reach this install")
-    ]
-    assert len(warnings) == 1, warnings
-    for bug_id in ("flashinfer#3803", "flashinfer#3946", "flashinfer#4237"):
-        assert f"{bug_id} (" in warnings[0]
-    assert "vllm#43769" not in warnings[0]  # guarded, not warned
-
-
-@pytest.mark.vllm("==0.19.1")
-def test_ignored_entries_are_not_warned_about(records):
-    import_target_modules()
-    ignore = "flashinfer#3803=ignore,flashinfer#3946=ignore,flashinfer#4237=ignore"
-    ignore += ",flashinfer#3875=ignore"
-    current = activation.activate({**SM100, "VLLM_MOE_ROUTING_KNOWN_BUGS": ignore})
-    current.report()
-    assert not any(
-        w.startswith("moe_routing: known bugs reach")
-        for w in records.lines(logging.WARNING)
-    )
-    assert "warned" not in current.line()
+    assert "flashinfer#3" not in line and "vllm#" not in line, line
+    assert records.lines(logging.WARNING) == []
 
 
 @pytest.mark.vllm("==0.19.1")
 @pytest.mark.flashinfer("==0.6.6")
-def test_status_text_lists_the_reaching_bugs_first():
+def test_status_text_lists_the_entries_in_range_first():
     report = status.collect(
         cli.parser().parse_args(["status", "--capability", "10.0"]), {}
     )
     text = status.render(report).splitlines()
-    start = text.index("known bugs (docs/known-bugs.md)")
+    start = text.index("known bugs (each MoE layer is judged when vLLM builds it)")
     assert text[start + 1].startswith(
-        "  flashinfer#2822  guard  reaches "
-        "flashinfer_trtllm_moe._supports_routing_method_bf16"
+        "  flashinfer#2822  guard; in range (< 0.6.7 (since flashinfer#1831, "
+        "0.5.0rc1)); at flashinfer_trtllm_moe._supports_routing_method_bf16"
     ), text[start + 1]
-    assert text[start + 1].endswith("; fixed in 0.6.7")
-    assert text[start + 2].strip() == bugs_module.FLASHINFER_2822.title
+    assert text[start + 2].strip() == (
+        "hits Renormalize/RenormalizeNaive layers with 128 < experts <= 512 and "
+        "top_k < 10"
+    )
+    assert text[start + 3].strip() == bugs_module.FLASHINFER_2822.title
     assert any(
-        line == "  not reaching this install: flashinfer#3875, flashinfer#3499, "
-        "flashinfer#2642, flashinfer#4486"
+        line.startswith("  not in range of this install: flashinfer#3875 (>= 0.6.8")
         for line in text
     ), text

@@ -5,6 +5,7 @@ import pytest
 
 from vllm_moe_routing_plugin import envs, policy
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
+from vllm_moe_routing_plugin.layers import LayerFacts
 
 B200 = gpus_from_capabilities([(10, 0)] * 8, "test")
 
@@ -66,32 +67,52 @@ def test_fixed_flashinfer_enables(version):
 def test_buggy_flashinfer_guards_the_envelope(version):
     d = decide(facts(flashinfer=version))
     assert d.action == "guard"
-    assert d.guard is not None and not d.guard.forced
+    assert not d.forced
     assert "flashinfer#2822" in d.reason
+    renormalize = d.findings[0]
+    assert renormalize.bug.id == "flashinfer#2822"
+    assert (renormalize.in_range, renormalize.action) == (True, "guard")
+
+
+def renormalize_check(d):
+    """The layer check a monolithic target of the decision gets for
+    flashinfer#2822 (what patching plans there)."""
+    plans = tuple(
+        policy.Planned(f.bug, "guarded", "guarded")
+        for f in d.acting
+        if f.bug.id == "flashinfer#2822"
+    )
+    return policy.LayerCheck(plans, d.forced, d.flashinfer)
+
+
+def refuses(check, experts, top_k):
+    layer = LayerFacts("Renormalize", "fp8-block", experts, top_k)
+    return check.judge(layer).refused
 
 
 def test_guard_envelope_is_the_bug_shape():
-    guard = decide(facts(flashinfer="0.6.6")).guard
-    assert guard.refuses(256, 8)  # Qwen3.5-35B-A3B / 122B-A10B
-    assert guard.refuses(160, 8)  # Qwen3-Coder-480B
-    assert guard.refuses(512, 9)
-    assert not guard.refuses(128, 8)  # Qwen3-30B-A3B, Qwen3-235B-A22B, gpt-oss-120b
-    assert not guard.refuses(32, 4)  # gpt-oss-20b
-    assert not guard.refuses(512, 10)  # Qwen3-Next
-    assert not guard.refuses(1024, 8)
-    assert guard.reason(256, 8) == (
-        "FlashInfer 0.6.6 routes Renormalize wrongly for 128 < experts <= 512 with "
-        "top_k < 10 (flashinfer#2822; fixed in 0.6.7; this layer: 256 experts, top_k 8)"
+    check = renormalize_check(decide(facts(flashinfer="0.6.6")))
+    assert refuses(check, 256, 8)  # Qwen3.5-35B-A3B / 122B-A10B
+    assert refuses(check, 160, 8)  # Qwen3-Coder-480B
+    assert refuses(check, 512, 9)
+    assert not refuses(check, 128, 8)  # Qwen3-30B-A3B, Qwen3-235B-A22B, gpt-oss-120b
+    assert not refuses(check, 32, 4)  # gpt-oss-20b
+    assert not refuses(check, 512, 10)  # Qwen3-Next
+    assert not refuses(check, 1024, 8)
+    assert check.judge(LayerFacts("Renormalize", "bf16", 256, 8)).reason() == (
+        "FlashInfer 0.6.6 routes Renormalize wrongly for Renormalize/RenormalizeNaive "
+        "layers with 128 < experts <= 512 and top_k < 10 (flashinfer#2822; fixed in "
+        "0.6.7; this layer: Renormalize, 256 experts, top_k 8, bf16)"
     )
 
 
 def test_forced_enable_and_disable():
-    assert (
-        decide(facts("0.6.6"), VLLM_MOE_ROUTING_RENORMALIZE="enable").action == "enable"
-    )
+    forced = decide(facts("0.6.6"), VLLM_MOE_ROUTING_RENORMALIZE="enable")
+    assert forced.action == "enable"
+    assert not renormalize_check(forced).planned  # flashinfer#2822 ignored
     d = decide(facts("0.7.4"), VLLM_MOE_ROUTING_RENORMALIZE="disable")
     assert d.action == "guard"
-    assert d.guard.forced and d.guard.refuses(128, 8)
+    assert d.forced and refuses(renormalize_check(d), 128, 8)
     assert "VLLM_MOE_ROUTING_RENORMALIZE=disable" in d.reason
 
 

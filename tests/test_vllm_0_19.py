@@ -68,8 +68,11 @@ def test_enable_adds_both_methods_to_every_fp8_scheme(fp8):
 
 @fixed_flashinfer
 def test_enable_keeps_renormalize_on_the_bf16_function(functions):
-    """The function accepts both methods already; only vllm#43769 (vLLM 0.19
-    calls the kernel without routed_scaling_factor) takes DeepSeekV3 away."""
+    """The function accepts both methods already. It now judges each layer:
+    vllm#43769 (vLLM 0.19 calls the kernel without routed_scaling_factor)
+    refuses DeepSeekV3 only where no layer's scale is visible (``status``,
+    a call outside a layer's constructor); tests/test_layers.py has the
+    layers."""
     original = functions._supports_routing_method_bf16
     current = activation.activate(SM100)
     outcome = next(
@@ -77,10 +80,8 @@ def test_enable_keeps_renormalize_on_the_bf16_function(functions):
         for o in current.outcomes.values()
         if o.target.name == "flashinfer_trtllm_moe._supports_routing_method_bf16"
     )
-    assert (outcome.state, outcome.detail) == (
-        "patched",
-        "-DeepSeekV3 (all shapes: no shape visible)",
-    )
+    assert (outcome.state, outcome.detail) == ("patched", "checks each layer")
+    assert "vllm#43769" in [plan.bug.id for plan in outcome.planned]
     check = functions._supports_routing_method_bf16
     assert accepted(check, call="function") == {
         "Default", "Renormalize", "Llama4", "RenormalizeNaive",
@@ -90,7 +91,7 @@ def test_enable_keeps_renormalize_on_the_bf16_function(functions):
 
 
 @pytest.mark.parametrize("injected", [True, False], ids=["0.6.6 injected", "installed"])
-def test_guard_removes_both_methods_from_the_bf16_function(injected, functions, fp8):
+def test_guard_checks_each_layer_of_the_bf16_function(injected, functions, fp8):
     if not injected and Version(FLASHINFER).release >= (0, 6, 7):
         pytest.skip("installed FlashInfer is fixed; the injected case covers it")
     raw_fp8 = vars(fp8)["_supports_routing_method"]
@@ -98,12 +99,17 @@ def test_guard_removes_both_methods_from_the_bf16_function(injected, functions, 
     current = activation.activate(SM100, version_of=BUGGY if injected else versions())
     assert current.decision.action == "guard"
     check = functions._supports_routing_method_bf16
-    # DeepSeekV3 too: vLLM 0.19's BF16 path drops routed_scaling_factor
-    # (vllm#43769, a catalogue entry of its own).
+    # With no layer visible, each entry is judged as for every layer:
+    # flashinfer#2822 refuses both methods, vllm#43769 DeepSeekV3.
     assert accepted(check, call="function") == {"Default", "Llama4"}
-    # vLLM 0.19.1 already refuses both for FP8 monolithic: nothing to do there.
-    states = {o.target.name: o.state for o in current.outcomes.values()}
-    assert states["TrtLlmFp8ExpertsMonolithic"] == "native"
+    # vLLM 0.19.1 already refuses both for FP8 monolithic; the FP8 class
+    # checks its layers for the DeepSeekV3 entries only.
+    outcome = next(
+        o
+        for o in current.outcomes.values()
+        if o.target.name == "TrtLlmFp8ExpertsMonolithic"
+    )
+    assert "flashinfer#2822" not in [p.bug.id for p in outcome.planned]
     assert vars(fp8)["_supports_routing_method"] is raw_fp8
     activation.deactivate()
     assert functions._supports_routing_method_bf16 is original
@@ -155,24 +161,16 @@ def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, recor
     assert vars(fp8)["_supports_routing_method"] is first
     # The replacement wraps vLLM's original, not an earlier replacement.
     assert first.__func__._vllm_moe_routing_plugin_original is raw.__func__
-    # flashinfer#3875 came with FlashInfer 0.6.8's routing code.
-    since_0_6_8 = Version(FLASHINFER).release >= (0, 6, 8)
-    warned = ["flashinfer#3803", "flashinfer#3946"]
-    warned += ["flashinfer#3875"] if since_0_6_8 else []
     assert records.lines() == [
         f"moe_routing 0.1.0: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
         "GPU 0 sm_100) - "
-        "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, "
-        "flashinfer_trtllm_moe._supports_routing_method_bf16 -DeepSeekV3 "
-        "(all shapes: no shape visible), "
-        "TrtLlmNvFp4ExpertsMonolithic native, TrtLlmMxfp4ExpertsMonolithic native; "
-        "known bugs: "
-        + ", ".join(f"{bug_id} warned" for bug_id in warned)
-        + ", vllm#43769 guarded, flashinfer#4237 warned"
+        "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, checks each "
+        "layer, flashinfer_trtllm_moe._supports_routing_method_bf16 checks each "
+        "layer, TrtLlmNvFp4ExpertsMonolithic checks each layer, "
+        "TrtLlmMxfp4ExpertsMonolithic checks each layer"
     ]
-    warnings = records.lines(logging.WARNING)
-    assert len(warnings) == 1, warnings
-    assert warnings[0].startswith("moe_routing: known bugs reach this install")
+    # No layer built: no known bug is named, no WARNING.
+    assert records.lines(logging.WARNING) == []
 
 
 def test_plugin_variables_are_registered_with_vllm():

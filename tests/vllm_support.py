@@ -10,6 +10,7 @@ else is vLLM's own code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -23,6 +24,17 @@ FP8 = f"{FUSED_MOE}.experts.trtllm_fp8_moe"
 BF16 = f"{FUSED_MOE}.experts.trtllm_bf16_moe"
 TRTLLM_FUNCTIONS = f"{FUSED_MOE}.flashinfer_trtllm_moe"
 SM100 = {"VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0"}
+
+
+def _vllm_below(release):
+    from packaging.version import Version
+
+    from support import VLLM
+
+    return VLLM is not None and Version(VLLM).release < release
+
+
+VLLM_BELOW_0_20 = _vllm_below((0, 20))
 BOTH = {"Renormalize", "RenormalizeNaive"}
 
 
@@ -88,6 +100,13 @@ def simulated(what: str) -> None:
         SIMULATED.append(what)
 
 
+def _as_int(capability) -> int:
+    """vLLM writes capabilities as 100 or (10, 0)."""
+    if isinstance(capability, tuple):
+        return capability[0] * 10 + capability[1]
+    return int(capability)
+
+
 def answer_sm100(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
     """Import ``modules``, then answer vLLM's platform as CUDA SM100 and
     FlashInfer's kernels as present (the ``has_flashinfer*`` checks those
@@ -105,6 +124,9 @@ def answer_sm100(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
         "is_device_capability_family": lambda family, device_id=0: family == 100,
         "is_device_capability": lambda capability, device_id=0: (
             capability in (100, (10, 0))
+        ),
+        "has_device_capability": lambda capability, device_id=0: (
+            _as_int(capability) <= 100
         ),
     }
     for name, answer in answers.items():
@@ -163,3 +185,233 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: int = 300)
         timeout=timeout,
         check=False,
     )
+
+
+# Real MoE layers, built through vLLM's own constructor and backend oracle.
+
+
+class Model:
+    """The routing values a model family's vLLM model file hands ``FusedMoE``
+    (``config`` is the checkpoint's ``routed_scaling_factor``)."""
+
+    def __init__(
+        self,
+        name,
+        experts,
+        top_k,
+        *,
+        scoring="softmax",
+        n_group=None,
+        topk_group=None,
+        bias=False,
+        scale=1.0,
+        scales_output=False,
+        scale_into_layer_from=(0, 0),
+    ):
+        self.name = name
+        self.experts = experts
+        self.top_k = top_k
+        self.scoring = scoring
+        self.n_group = n_group
+        self.topk_group = topk_group
+        self.bias = bias
+        self.scale = scale
+        # deepseek_v2.py and glm4_moe.py scale the output themselves: vLLM
+        # 0.16 - 0.19 pass routed_scaling_factor=1.0 into the layer, 0.20+
+        # pass the config's value with apply_routed_scale_to_output=True
+        # (test_model_files_scale_as_assumed checks the installed files).
+        self.scales_output = scales_output
+        # The first vLLM release whose model file passes the scale into the
+        # layer (bailing_moe.py: 0.20); older ones pass none.
+        self.scale_into_layer_from = scale_into_layer_from
+
+    def __repr__(self):
+        return self.name
+
+    def kwargs(self, signature):
+        import torch
+
+        kwargs = dict(num_experts=self.experts, top_k=self.top_k, renormalize=True)
+        if self.scoring == "softmax":
+            return kwargs
+        kwargs.update(scoring_func=self.scoring)
+        if self.n_group is not None:
+            kwargs.update(
+                use_grouped_topk=True,
+                num_expert_group=self.n_group,
+                topk_group=self.topk_group,
+            )
+        if self.bias:
+            kwargs["e_score_correction_bias"] = torch.zeros(self.experts)
+        if self.scales_output:
+            if "apply_routed_scale_to_output" in signature:
+                kwargs.update(
+                    routed_scaling_factor=self.scale, apply_routed_scale_to_output=True
+                )
+            else:
+                kwargs["routed_scaling_factor"] = 1.0
+        elif self.scale != 1.0 and not _vllm_below(self.scale_into_layer_from):
+            kwargs["routed_scaling_factor"] = self.scale
+        return kwargs
+
+
+DEEPSEEK = dict(scoring="sigmoid", bias=True, scales_output=True)
+MODELS = {
+    m.name: m
+    for m in [
+        Model("GLM-4.5-Air", 128, 8, n_group=1, topk_group=1, **DEEPSEEK),
+        Model("GLM-5", 256, 8, n_group=1, topk_group=1, scale=2.5, **DEEPSEEK),
+        Model("DeepSeek-V3", 256, 8, n_group=8, topk_group=4, scale=2.5, **DEEPSEEK),
+        Model("Kimi-K2", 384, 8, n_group=1, topk_group=1, scale=2.827, **DEEPSEEK),
+        Model("MiniMax-M2", 256, 8, scoring="sigmoid", bias=True),
+        Model("Step-3.5", 288, 8, scoring="sigmoid", bias=True, scale=3.0),
+        # afmoe.py and bailing_moe.py (from vLLM 0.20) pass their scale into
+        # the layer, which hands it to the kernel.
+        Model(
+            "Trinity-Mini",
+            128,
+            8,
+            scoring="sigmoid",
+            n_group=1,
+            topk_group=1,
+            bias=True,
+            scale=2.826,
+        ),
+        Model(
+            "Ling-2.0",
+            256,
+            8,
+            scoring="sigmoid",
+            n_group=8,
+            topk_group=4,
+            bias=True,
+            scale=2.5,
+            scale_into_layer_from=(0, 20),
+        ),
+        Model("Qwen3-30B-A3B", 128, 8),
+        Model("Qwen3.5-35B-A3B", 256, 8),
+    ]
+}
+
+#: Modules that read the platform when imported: imported before it is
+#: answered as SM100 (the online FP8 module asks vLLM's C++ ops otherwise).
+_IMPORT_FIRST = (
+    "vllm.model_executor.layers.quantization.fp8",
+    "vllm.model_executor.layers.quantization.online.fp8",
+)
+
+
+def _fused_moe_modules():
+    import pkgutil
+
+    names = []
+    for package in (f"{FUSED_MOE}.oracle", f"{FUSED_MOE}.experts"):
+        try:
+            path = module(package).__path__
+        except ImportError:
+            continue
+        for info in pkgutil.iter_modules(path):
+            name = f"{package}.{info.name}"
+            if package.endswith("experts") and "trtllm" not in info.name:
+                continue
+            names.append(name)
+    return names
+
+
+_DISTRIBUTED = []
+
+
+def one_process_group():
+    """vLLM's distributed state for one process, over gloo (once per run)."""
+    if _DISTRIBUTED:
+        return
+    import socket
+
+    from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
+    from vllm.distributed import (
+        ensure_model_parallel_initialized,
+        init_distributed_environment,
+    )
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with set_current_vllm_config(VllmConfig(device_config=DeviceConfig("cpu"))):
+        init_distributed_environment(
+            world_size=1,
+            rank=0,
+            local_rank=0,
+            distributed_init_method=f"tcp://127.0.0.1:{port}",
+            backend="gloo",
+        )
+        ensure_model_parallel_initialized(1, 1)
+    _DISTRIBUTED.append(True)
+
+
+class LayerBuilder:
+    """Builds MoE layers with vLLM's ``FusedMoE`` (``FusedMoEFactory`` from
+    0.27) in a ``VllmConfig`` on the CPU device, the platform answered as
+    SM100 and FlashInfer's kernels as present, and says which experts class
+    (or backend) vLLM's oracle chose."""
+
+    def __init__(self, monkeypatch):
+        import torch
+
+        one_process_group()
+        for name in _IMPORT_FIRST:
+            with contextlib.suppress(ImportError):
+                module(name)
+        if VLLM_BELOW_0_20:
+            # BF16 TRT-LLM is opt-in before vLLM 0.20.
+            monkeypatch.setenv("VLLM_USE_FLASHINFER_MOE_FP16", "1")
+            monkeypatch.setenv("VLLM_FLASHINFER_MOE_BACKEND", "latency")
+        monkeypatch.setenv("VLLM_DISABLE_SHARED_EXPERTS_STREAM", "1")
+        answer_sm100(monkeypatch, *_fused_moe_modules())
+        fused_moe = module(FUSED_MOE)
+        self.factory = getattr(fused_moe, "FusedMoE", None) or fused_moe.FusedMoEFactory
+        self.signature = inspect.signature(self.factory).parameters
+        self.dtype = torch.bfloat16
+        self.count = 0
+
+    def quant_config(self, quant):
+        if quant == "bf16":
+            return None
+        fp8 = module("vllm.model_executor.layers.quantization.fp8")
+        return fp8.Fp8Config(
+            is_checkpoint_fp8_serialized=True,
+            activation_scheme="dynamic",
+            weight_block_size=[128, 128],
+        )
+
+    def build(self, model, quant="bf16", prefix=None):
+        """The built layer (vLLM's ``FusedMoE`` or ``MoERunner``)."""
+        from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
+
+        self.count += 1
+        prefix = prefix or f"model.layers.{self.count}.mlp.experts"
+        with set_current_vllm_config(VllmConfig(device_config=DeviceConfig("cpu"))):
+            return self.factory(
+                hidden_size=128,
+                intermediate_size=128,
+                params_dtype=self.dtype,
+                quant_config=self.quant_config(quant),
+                prefix=prefix,
+                **model.kwargs(self.signature),
+            )
+
+    def choice(self, model, quant="bf16"):
+        """The experts class vLLM chose for a layer of ``model``, or its
+        backend's name where the quant method keeps no class (0.16 - 0.19
+        BF16); ``"no backend"`` where vLLM found none on this machine."""
+        try:
+            layer = self.build(model, quant)
+        except (NotImplementedError, ValueError) as exc:
+            if "backend" not in str(exc).lower():
+                raise
+            return "no backend"
+        experts = getattr(layer, "routed_experts", layer)
+        method = experts.quant_method
+        cls = getattr(method, "experts_cls", None)
+        if cls is not None:
+            return cls.__name__
+        return method.unquantized_backend.name

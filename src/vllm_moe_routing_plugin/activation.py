@@ -24,14 +24,15 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import envs, facts, log_line, policy
+from . import envs, facts, layers, log_line, policy
 from .about import LOGGER, PLUGIN, __version__
 from .errors import describe_error
 
 if TYPE_CHECKING:
     from .import_hook import ImportHook
+    from .layers import Build
     from .patching import Outcome
-    from .targets import Target
+    from .targets import LayerClass, Target
 
 logger = logging.getLogger(LOGGER)
 
@@ -69,11 +70,12 @@ class Activation:
         self.settings = settings
         self.facts = found
         self.decision = decision
-        self.outcomes: dict[Target, Outcome] = {}
+        self.outcomes: dict[Target | LayerClass, Outcome] = {}
         self.pending: set[str] = set()
         self.hook: ImportHook | None = None
         self.line_logged = False
-        self.warned: set[str] = set()  # known bugs already warned about
+        self.layer_kinds: dict[tuple[Any, ...], int] = {}  # MoE layers built, by kind
+        self.warned: set[str] = set()  # known bugs (and failures) warned about
 
     def on_import(self, module: ModuleType) -> None:
         """Apply the decision to the targets of a module vLLM just imported.
@@ -95,6 +97,14 @@ class Activation:
                 outcome = patching.apply(target, module, self.decision)
                 self.outcomes[target] = outcome
                 found.append(outcome)
+        if watches_layers(self.decision):
+            for layer_class in targets.LAYER_CLASSES:
+                if layer_class.module == module.__name__:
+                    outcome = patching.watch_layers(
+                        layer_class, module, self.on_layer_built
+                    )
+                    self.outcomes[layer_class] = outcome
+                    found.append(outcome)
         for outcome in found:
             if outcome.state in ("unrecognised", "failed"):
                 logger.warning("%s: %s", PLUGIN, log_line.describe(outcome))
@@ -113,21 +123,45 @@ class Activation:
         if not self.line_logged:
             self.line_logged = True
             logger.info("%s", self.line())
-        elif new and any(o.state not in ("absent", "untouched") for o in new):
-            logger.info("%s", log_line.import_line(new, self.decision))
-        self.warn_bugs()
+        elif new and log_line.named(new):
+            logger.info("%s", log_line.import_line(new))
 
-    def warn_bugs(self) -> None:
-        """One WARNING for the known bugs that newly reach a target patched so
-        far and that the plugin only warns about."""
-        new = [
-            finding
-            for finding in log_line.reached(self.decision, self.outcomes.values())
-            if finding.action == "warn" and finding.bug.id not in self.warned
-        ]
-        if new:
-            self.warned.update(finding.bug.id for finding in new)
-            logger.warning("%s", log_line.warning(new))
+    def on_layer_built(self, build: Build) -> None:
+        """Report a MoE layer vLLM just built: one INFO line for the first
+        layer of its kind, one WARNING for each warned known bug the first
+        time it hits a layer. Called inside vLLM's layer constructor: never
+        raises."""
+        try:
+            if not build.verdicts:
+                return  # no layer check was asked about it
+            key = log_line.kind(build.verdicts)
+            seen = self.layer_kinds.get(key, 0)
+            self.layer_kinds[key] = seen + 1
+            if seen:
+                return
+            chosen = log_line.chosen_kernel(build.layer)
+            name = layers.name(build.layer)
+            report = log_line.LayerReport(build.verdicts, chosen, name)
+            logger.info("%s", report.line())
+            for bug, verdict, target in report.warned:
+                if bug.id not in self.warned:
+                    self.warned.add(bug.id)
+                    logger.warning(
+                        "%s",
+                        log_line.layer_warning(
+                            bug, verdict, target, name, self.settings.bug_actions
+                        ),
+                    )
+        except Exception as exc:
+            if "reporting" not in self.warned:  # once: vLLM builds many layers
+                self.warned.add("reporting")
+                with contextlib.suppress(Exception):
+                    logger.warning(
+                        "%s: reporting a MoE layer failed (%s); vLLM's choice of "
+                        "kernel stands as the plugin's checks made it",
+                        PLUGIN,
+                        describe_error(exc),
+                    )
 
     def undo(self) -> None:
         """Remove the hook and put every patched attribute back, newest first."""
@@ -229,6 +263,8 @@ def _watch(activation: Activation, *, patch: bool = True) -> None:
     from .vllm_source import vllm_defines
 
     modules = targets.target_modules()
+    if patch and watches_layers(activation.decision):
+        modules += tuple(c.module for c in targets.LAYER_CLASSES)
     if patch:
         activation.pending = {
             m for m in modules if vllm_defines(m, targets.defined_names(m))
@@ -252,6 +288,12 @@ def _watch(activation: Activation, *, patch: bool = True) -> None:
             module = sys.modules.get(name)
             if module is not None:
                 activation.apply_module(module)
+
+
+def watches_layers(decision: policy.Decision) -> bool:
+    """Whether the layer checks need the layers being built: the decision
+    acts and some known bug is in range (or Renormalize is refused)."""
+    return decision.acts and (bool(decision.acting) or decision.forced)
 
 
 def deactivate() -> None:

@@ -1,109 +1,183 @@
 # SPDX-License-Identifier: Apache-2.0
 """The catalogue of known bugs on the fused TRT-LLM MoE paths vLLM 0.16 - 0.33 take.
 
-Each entry says what goes wrong, which routing methods and kernels it reaches
-(as FlashInfer functions and as the plugin's targets, the vLLM classes that
-call them), the layer shapes it reaches (its envelope), the releases affected
-and the first one fixed, what the plugin does by default (``guard`` or
+Each entry says what goes wrong, the MoE layers it hits (``Layers``: routing
+methods, experts and top_k, expert groups, correction bias, the scale that
+reaches the kernel), the kernels and the plugin's targets (the vLLM classes
+that call them) that have it, the releases that have it (its install range),
+what the plugin does by default for a layer it hits (``guard``, ``fix`` or
 ``warn``) and why, the upstream references, and when the entry can go. The
 decision (``policy``), the reason vLLM prints for a refused layer, the log
-line, ``status`` and the README's table are all read from here: adding a bug
-is adding an entry, plus its tests. The evidence for each entry, read from the
-released FlashInfer and vLLM wheels, is in docs/known-bugs.md.
+lines, ``status`` and the README's table are all read from here: adding a bug
+is adding an entry, plus its tests. The evidence for each entry, read from
+the released FlashInfer and vLLM wheels, is in docs/known-bugs.md.
 
-Names are vLLM's ``RoutingMethodType`` member names and the plugin's target
-names (``targets.TARGETS``); enum values move between vLLM releases.
+Three things, one name each: an entry's *install range* (``in_range``: this
+FlashInfer has it), the *layers* it hits (``Layers.hits``), and the decision
+for one layer (``policy.judge``).
+
+Methods are vLLM's ``RoutingMethodType`` member names; enum values move
+between vLLM releases.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from . import targets as t
+from .layers import LayerFacts
+
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
 
-    Action = Literal["guard", "warn"]
+    #: What the plugin does for a layer an entry hits: refuse the fused
+    #: routing, pass vLLM's dropped value on (a backport), or only say so.
+    Action = Literal["guard", "fix", "warn"]
 
 #: The routing methods this plugin lets the fused kernels do (softmax + top-k
 #: + renormalise: Qwen3, Qwen3.5, Mixtral-style models).
 RENORMALIZE_METHODS: tuple[str, ...] = ("Renormalize", "RenormalizeNaive")
 
-FP8_TARGETS: tuple[str, ...] = (
-    "TrtLlmFp8ExpertsMonolithic",
-    "TrtLlmFp8Experts",
-    "flashinfer_trtllm_moe._supports_routing_method",
+FP8_TARGETS: tuple[t.Target, ...] = (t.FP8_MONOLITHIC, t.FP8_0_17, t.FP8_FUNCTION)
+BF16_TARGETS: tuple[t.Target, ...] = (
+    t.BF16_MONOLITHIC,
+    t.BF16_0_20,
+    t.BF16_FUNCTION,
 )
-BF16_TARGETS: tuple[str, ...] = (
-    "TrtLlmBf16ExpertsMonolithic",
-    "TrtLlmBf16Experts",
-    "flashinfer_trtllm_moe._supports_routing_method_bf16",
-)
-NVFP4_TARGETS: tuple[str, ...] = (
-    "TrtLlmNvFp4ExpertsMonolithic",
-    "flashinfer_fp4_moe._supports_routing_method",
-)
-#: Every TRT-LLM monolithic routing check the plugin knows (``targets.TARGETS``).
-MONOLITHIC_TARGETS: tuple[str, ...] = (
-    "TrtLlmFp8ExpertsMonolithic",
-    "TrtLlmFp8Experts",
-    "TrtLlmBf16ExpertsMonolithic",
-    "TrtLlmBf16Experts",
-    "flashinfer_trtllm_moe._supports_routing_method_bf16",
-    "flashinfer_trtllm_moe._supports_routing_method",
-    "TrtLlmNvFp4ExpertsMonolithic",
-    "flashinfer_fp4_moe._supports_routing_method",
-    "TrtLlmMxfp4ExpertsMonolithic",
-    "TrtLlmMxint4ExpertsMonolithic",
-)
+NVFP4_TARGETS: tuple[t.Target, ...] = (t.NVFP4_MONOLITHIC, t.NVFP4_FUNCTION)
+#: Every TRT-LLM monolithic routing check the plugin knows.
+MONOLITHIC_TARGETS: tuple[t.Target, ...] = t.TARGETS
 
 
-class Envelope:
-    """The MoE layer shapes a bug reaches: experts_above < experts <=
-    experts_at_most, with top_k < top_k_below (global experts, vLLM's
-    ``moe_config.num_experts`` and ``experts_per_token``)."""
+class Layers:
+    """The MoE layers a bug hits, in the values vLLM builds a layer with.
 
-    __slots__ = ("experts_above", "experts_at_most", "top_k_below")
+    ``methods``: routing methods (empty: every layer of the kernel);
+    ``experts``: ``(above, at_most)`` global experts; ``top_k_below``;
+    ``groups``: ``"with"`` (``n_group > 1``) or ``"without"`` expert groups;
+    ``bias``: only layers with a correction bias; ``scaled``: only layers whose
+    ``routed_scaling_factor`` into the kernel is not 1 (models that scale the
+    output themselves, as DeepSeek-V3, GLM and Kimi do in vLLM, pass 1).
+    """
+
+    __slots__ = ("bias", "experts", "groups", "methods", "scaled", "top_k_below")
 
     def __init__(
-        self, experts_above: int, experts_at_most: int, top_k_below: int
+        self,
+        methods: tuple[str, ...] = (),
+        *,
+        experts: tuple[int, int] | None = None,
+        top_k_below: int | None = None,
+        groups: Literal["with", "without"] | None = None,
+        bias: bool = False,
+        scaled: bool = False,
     ) -> None:
-        self.experts_above = experts_above
-        self.experts_at_most = experts_at_most
+        self.methods = methods
+        self.experts = experts
         self.top_k_below = top_k_below
+        self.groups = groups
+        self.bias = bias
+        self.scaled = scaled
 
-    def contains(self, num_experts: int, top_k: int) -> bool:
-        return (
-            self.experts_above < num_experts <= self.experts_at_most
-            and top_k < self.top_k_below
-        )
+    def hits(self, layer: LayerFacts) -> bool | None:
+        """Whether ``layer`` is one of these; None when a value that decides it
+        is not visible (and nothing visible rules the layer out)."""
+        answers: list[bool | None] = [
+            self.methods == () or layer.method in self.methods
+        ]
+        if self.experts is not None:
+            above, at_most = self.experts
+            n = layer.num_experts
+            answers.append(None if n is None else above < n <= at_most)
+        if self.top_k_below is not None:
+            k = layer.top_k
+            answers.append(None if k is None else k < self.top_k_below)
+        if self.groups is not None:
+            grouped = layer.grouped
+            wanted = self.groups == "with"
+            answers.append(None if grouped is None else grouped == wanted)
+        if self.bias:
+            answers.append(layer.has_bias if layer.visible else None)
+        if self.scaled:
+            scale = layer.scale if layer.visible else None
+            answers.append(None if scale is None else scale != 1.0)
+        if False in answers:
+            return False
+        return None if None in answers else True
+
+    @property
+    def needs_layer(self) -> bool:
+        """Whether deciding needs the layer's own values (beyond the method,
+        experts and top_k every routing check sees)."""
+        return self.groups is not None or self.bias or self.scaled
+
+    @property
+    def hidden(self) -> str:
+        """The values that decide and that only the layer holds, in words."""
+        names = []
+        if self.groups is not None:
+            names.append("n_group")
+        if self.bias:
+            names.append("its correction bias")
+        if self.scaled:
+            names.append("routed_scaling_factor")
+        return ", ".join(names)
 
     def __str__(self) -> str:
-        return (
-            f"{self.experts_above} < experts <= {self.experts_at_most} "
-            f"with top_k < {self.top_k_below}"
-        )
+        """``DeepSeekV3 layers without expert groups (n_group <= 1) with a
+        correction bias``."""
+        what = "/".join(self.methods) + " layers" if self.methods else "every layer"
+        conditions = []
+        if self.experts is not None:
+            conditions.append(f"{self.experts[0]} < experts <= {self.experts[1]}")
+        if self.top_k_below is not None:
+            conditions.append(f"top_k < {self.top_k_below}")
+        text = what + (f" with {' and '.join(conditions)}" if conditions else "")
+        if self.groups == "with":
+            text += " with expert groups (n_group > 1)"
+        elif self.groups == "without":
+            text += " without expert groups (n_group <= 1)"
+        if self.bias:
+            text += " with a correction bias"
+        if self.scaled:
+            text += " whose routed_scaling_factor into the kernel is not 1"
+        return text
 
 
 class VllmDefect:
     """A bug in vLLM's own code, found by probing it: the function vLLM calls
-    a kernel through does not pass ``keyword``. ``callers`` maps a target name
-    to that function, as an attribute path in the target's module
+    a kernel through does not pass ``keyword``. ``callers`` maps a target to
+    that function, as an attribute path in the target's module
     (``"TrtLlmBf16Experts.apply"``). Probed in the loaded module, never by
-    comparing vLLM version strings: dev builds and backports exist."""
+    comparing vLLM version strings: dev builds and backports exist.
+    ``backported`` are the targets whose caller the plugin can fix
+    (``patches.BACKPORTS``)."""
 
-    __slots__ = ("callers", "keyword")
+    __slots__ = ("backported", "callers", "keyword", "releases")
 
-    def __init__(self, keyword: str, callers: dict[str, str]) -> None:
+    def __init__(
+        self,
+        keyword: str,
+        callers: dict[t.Target, str],
+        releases: str,  # the vLLM releases measured to have it, in words
+        backported: tuple[t.Target, ...] = (),
+    ) -> None:
         self.keyword = keyword
         self.callers = callers
+        self.releases = releases
+        self.backported = backported
+
+
+def _release_text(release: tuple[int, ...]) -> str:
+    return ".".join(str(part) for part in release)
 
 
 class KnownBug:
     """One catalogue entry."""
 
     __slots__ = (
-        "action", "affected", "defect", "envelope", "fixed_in", "id",
-        "introduced_in", "kernels", "methods", "references", "remove_when",
+        "action", "defect", "fixed_in", "hidden_action", "id", "introduced_by",
+        "introduced_in", "kernels", "layers", "references", "remove_when",
         "targets", "title", "why", "wrong",
     )  # fmt: skip
 
@@ -113,16 +187,16 @@ class KnownBug:
         id: str,  # the upstream issue or pull request, e.g. "flashinfer#2822"
         title: str,  # what goes wrong, one line
         wrong: str,  # what the kernel does, after "FlashInfer <version> "
-        action: Action,  # what the plugin does where the entry reaches
-        why: str,  # why that action and not the other
-        methods: tuple[str, ...],  # RoutingMethodType names; () = every method
+        action: Action,  # what the plugin does for a layer the entry hits
+        why: str,  # why that action and not another
+        layers: Layers,  # the layers it hits
         kernels: tuple[str, ...],  # FlashInfer functions that have it
-        targets: tuple[str, ...],  # the plugin's targets whose kernels have it
-        envelope: Envelope | None,  # the layer shapes; None = every shape
-        affected: str,  # the releases that have it, in words
-        introduced_in: tuple[int, ...] = (),  # first FlashInfer release with it
+        targets: tuple[t.Target, ...],  # the plugin's targets whose kernels have it
+        introduced_in: tuple[int, ...] | None = None,  # None: every older release
+        introduced_by: str = "",  # the change that brought it, e.g. "flashinfer#1831"
         fixed_in: tuple[int, ...] | None = None,  # first FlashInfer release without it
         defect: VllmDefect | None = None,  # for a bug in vLLM's own code
+        hidden_action: Action | None = None,  # where the deciding values are hidden
         references: tuple[str, ...],  # upstream issues and pull requests
         remove_when: str,  # when the entry (and its guard) can be deleted
     ) -> None:
@@ -131,14 +205,14 @@ class KnownBug:
         self.wrong = wrong
         self.action = action
         self.why = why
-        self.methods = methods
+        self.layers = layers
         self.kernels = kernels
         self.targets = targets
-        self.envelope = envelope
-        self.affected = affected
         self.introduced_in = introduced_in
+        self.introduced_by = introduced_by
         self.fixed_in = fixed_in
         self.defect = defect
+        self.hidden_action = hidden_action or action
         self.references = references
         self.remove_when = remove_when
 
@@ -151,27 +225,46 @@ class KnownBug:
         return f"KnownBug({self.id})"
 
     @property
+    def affected(self) -> str:
+        """The install range in words, from the one place it is stated:
+        ``>= 0.6.8, < 0.6.18 (since flashinfer#2803)``, ``< 0.6.7``."""
+        if self.defect is not None:
+            return f"vLLM {self.defect.releases}"
+        assert self.fixed_in is not None
+        text = f"< {_release_text(self.fixed_in)}"
+        if self.introduced_in is not None:
+            text = f">= {_release_text(self.introduced_in)}, {text}"
+        if self.introduced_by:
+            text += f" (since {self.introduced_by})"
+        return text
+
+    @property
     def fixed_in_text(self) -> str:
+        """``0.6.7``, or ``vLLM's code, probed`` for a bug in vLLM's code."""
         if self.fixed_in is None:
-            return self.affected
-        return ".".join(str(part) for part in self.fixed_in)
+            return "vLLM's code, probed"
+        return _release_text(self.fixed_in)
 
     @property
     def guardable(self) -> bool:
-        """Whether the plugin can refuse the layers it reaches: only a routing
+        """Whether the plugin can refuse the layers it hits: only a routing
         bug can be refused through vLLM's routing and config checks."""
-        return bool(self.methods)
+        return bool(self.layers.methods)
 
     @property
-    def scope(self) -> str:
-        return "all shapes" if self.envelope is None else str(self.envelope)
+    def fixable(self) -> bool:
+        """Whether the plugin has a backport of the upstream fix somewhere."""
+        return self.defect is not None and bool(self.defect.backported)
 
-    def reaches_release(self, release: tuple[int, ...]) -> bool:
-        """Whether a FlashInfer of this release (``Version.release``) has it;
-        always True for a bug in vLLM's code (the probe decides there)."""
-        if self.fixed_in is None:
+    def in_range(self, release: tuple[int, ...] | None) -> bool:
+        """Whether a FlashInfer of this release (``Version.release``; None:
+        unknown) has it; always True for a bug in vLLM's code (probing vLLM's
+        code decides there)."""
+        if self.defect is not None:
             return True
-        return self.introduced_in <= release < self.fixed_in
+        if release is None or self.fixed_in is None:
+            return False
+        return (self.introduced_in or ()) <= release < self.fixed_in
 
 
 FLASHINFER_2822 = KnownBug(
@@ -186,7 +279,9 @@ FLASHINFER_2822 = KnownBug(
         "silent wrong output for whole models in normal use; vLLM's config check "
         "sees the deciding shape"
     ),
-    methods=RENORMALIZE_METHODS,
+    # The two-stage warp top-k (flashinfer#1831) let uninitialised candidates
+    # into the top-k for more than 128 experts and fewer than 10 picks.
+    layers=Layers(RENORMALIZE_METHODS, experts=(128, 512), top_k_below=10),
     kernels=(
         "trtllm_bf16_moe",
         "trtllm_fp8_per_tensor_scale_moe",
@@ -195,12 +290,9 @@ FLASHINFER_2822 = KnownBug(
         "trtllm_mxint4_block_scale_moe",
     ),
     targets=MONOLITHIC_TARGETS,
-    # The two-stage warp top-k (flashinfer#1831) let uninitialised candidates
-    # into the top-k for more than 128 experts and fewer than 10 picks.
-    envelope=Envelope(experts_above=128, experts_at_most=512, top_k_below=10),
-    # Older releases count as affected too, as they always have: no supported
-    # vLLM pins one, and a guard costs them speed, never correctness.
-    affected="0.5.0rc1 - 0.6.6 (since flashinfer#1831)",
+    # Releases before flashinfer#1831 (0.5.0rc1) count as affected too: no
+    # supported vLLM pins one, and a guard costs them speed, never correctness.
+    introduced_by="flashinfer#1831, 0.5.0rc1",
     fixed_in=(0, 6, 7),
     references=(
         "flashinfer#2822",
@@ -222,43 +314,44 @@ _SIGMOID_KERNELS = (
 FLASHINFER_3803 = KnownBug(
     id="flashinfer#3803",
     title=(
-        "DeepSeekV3 routing without expert groups (n_group <= 1: GLM-5.x, Kimi K2.6) "
-        "gives NaN for a token whose selected sigmoid scores all underflow to 0"
+        "DeepSeekV3 routing without expert groups (n_group <= 1: GLM-4.5 - 4.7, "
+        "GLM-5.x, Kimi-K2, Kimi-Linear) gives NaN for a token whose selected "
+        "sigmoid scores are all 0"
     ),
     wrong="divides DeepSeekV3 routing weights by a zero sum",
     action="warn",
     why=(
-        "input-dependent (every selected expert's logit below about -88); n_group, "
-        "which decides the path, is not in vLLM's moe_config, so a guard would "
-        "refuse DeepSeek-V3/R1 and Kimi K2 layers too"
+        "on its own the sum is 0 only when every selected logit is below about -88, "
+        "an input that practically never occurs; where FlashInfer 0.6.8 - 0.6.17 "
+        "also cancels small scores under the bias (flashinfer#3875), the same "
+        "layers give NaN in production (GLM-5.2, vllm#47367) and are guarded "
+        "under that entry"
     ),
-    methods=("DeepSeekV3",),
+    layers=Layers(("DeepSeekV3",), groups="without"),
     kernels=_SIGMOID_KERNELS,
     targets=MONOLITHIC_TARGETS,
-    envelope=None,
-    affected="< 0.6.15",
     fixed_in=(0, 6, 15),
-    references=("flashinfer#3803", "flashinfer#3946"),
+    references=("flashinfer#3803", "vllm#47367", "flashinfer#3875", "flashinfer#3946"),
     remove_when="no supported vLLM installs or allows a FlashInfer older than 0.6.15",
 )
 
 FLASHINFER_3946 = KnownBug(
     id="flashinfer#3946",
     title=(
-        "DeepSeekV3 routing with expert groups (n_group > 1: DeepSeek-V3/V3.1/V3.2) "
+        "DeepSeekV3 routing with expert groups (n_group > 1: DeepSeek-V3/R1/V3.x) "
         "gives NaN for a token whose selected sigmoid scores all underflow to 0"
     ),
     wrong="divides grouped DeepSeekV3 routing weights by a zero sum",
     action="warn",
     why=(
-        "input-dependent (every selected expert's logit below about -88); a guard "
-        "would move every DeepSeekV3 layer off the fused kernel"
+        "input-dependent (every selected expert's logit below about -88), and the "
+        "grouped kernel never recovers the score through the bias; a guard would "
+        "move every DeepSeek-V3 layer off the fused kernel for inputs that "
+        "practically never occur"
     ),
-    methods=("DeepSeekV3",),
+    layers=Layers(("DeepSeekV3",), groups="with"),
     kernels=_SIGMOID_KERNELS,
     targets=MONOLITHIC_TARGETS,
-    envelope=None,
-    affected="< 0.6.17",
     fixed_in=(0, 6, 17),
     references=("flashinfer#3946", "flashinfer#3803"),
     remove_when="no supported vLLM installs or allows a FlashInfer older than 0.6.17",
@@ -268,24 +361,28 @@ FLASHINFER_3875 = KnownBug(
     id="flashinfer#3875",
     title=(
         "DeepSeekV3 routing without expert groups and MiniMax2 routing recover the "
-        "sigmoid as (sigmoid + bias) - bias, which rounds tiny scores to 0 under a "
-        "large bias (GLM-5.2: scores ~1e-7, bias ~12): zero weights or NaN"
+        "sigmoid as (sigmoid + bias) - bias, which rounds small scores to 0 under a "
+        "large bias (GLM-5.2: scores ~1e-7, biases ~11 - 35): zero weights or NaN"
     ),
     wrong="loses small sigmoid scores under a large routing bias",
-    action="warn",
+    action="guard",
     why=(
-        "input- and weight-dependent (the bias magnitude is in the checkpoint); "
-        "n_group is not in vLLM's moe_config, so a guard would refuse every "
-        "DeepSeekV3 layer; GLM-5.x users should opt in to the guard"
+        "silent wrong output in production (GLM-5.2's '!!!!' output on vLLM 0.24, "
+        "vllm#47367, sglang#30989): with biases of ~11 - 35 every small score "
+        "becomes 0, and on FlashInfer < 0.6.15 the normalisation then divides 0 "
+        "by 0 (flashinfer#3803). The bias magnitude is in the checkpoint, but "
+        "every layer without expert groups that has a bias takes the cancelling "
+        "path. Where n_group is hidden the entry only warns: a guard would then "
+        "refuse DeepSeek-V3's grouped layers too"
     ),
-    methods=("DeepSeekV3", "MiniMax2"),
+    layers=Layers(("DeepSeekV3", "MiniMax2"), groups="without", bias=True),
     kernels=_SIGMOID_KERNELS,
     targets=MONOLITHIC_TARGETS,
-    envelope=None,
-    affected="0.6.8 - 0.6.17 (since flashinfer#2803)",
     introduced_in=(0, 6, 8),
+    introduced_by="flashinfer#2803",
     fixed_in=(0, 6, 18),
-    references=("flashinfer#3875", "flashinfer#2803"),
+    hidden_action="warn",
+    references=("flashinfer#3875", "vllm#47367", "sglang#30989", "flashinfer#2803"),
     remove_when="no supported vLLM installs or allows a FlashInfer 0.6.8 - 0.6.17",
 )
 
@@ -293,26 +390,25 @@ FLASHINFER_3499 = KnownBug(
     id="flashinfer#3499",
     title=(
         "MiniMax2 routing ignores routed_scaling_factor (route scale hard-coded to "
-        "1.0): wrong output for models whose router scale is not 1 (Step-3.7)"
+        "1.0): wrong output for layers whose scale is not 1 (Step-3.5 / 3.7: 3.0)"
     ),
     wrong="routes MiniMax2 with a route scale of 1.0",
     action="guard",
     why=(
-        "silent wrong output for whole models; vLLM 0.22 - 0.24 map every "
-        "sigmoid-with-bias router without expert groups to MiniMax2 whatever its "
-        "scale, and the scale is not in moe_config, so every MiniMax2 layer is "
-        "refused: vLLM then routes it itself, before the same TRT-LLM experts"
+        "silent wrong output for whole models; vLLM 0.21 - 0.22 map every "
+        "sigmoid-with-bias router without expert groups to MiniMax2 (0.23 - 0.30 "
+        "only those with a scale of 1), and only the layers that pass a scale other "
+        "than 1 into the kernel are wrong (Step-3.5; MiniMax-M2 passes none)"
     ),
-    methods=("MiniMax2",),
+    layers=Layers(("MiniMax2",), scaled=True),
     kernels=(
         "trtllm_fp8_block_scale_moe",
         "trtllm_fp8_per_tensor_scale_moe",
         "trtllm_fp4_block_scale_moe",
     ),
     targets=MONOLITHIC_TARGETS,
-    envelope=None,
-    affected="0.6.8 - 0.6.12 (since flashinfer#2803)",
     introduced_in=(0, 6, 8),
+    introduced_by="flashinfer#2803",
     fixed_in=(0, 6, 13),
     references=("flashinfer#3499", "flashinfer#2803"),
     remove_when="no supported vLLM installs or allows a FlashInfer 0.6.8 - 0.6.12",
@@ -325,29 +421,56 @@ VLLM_43769 = KnownBug(
         "(GSM8K on GB200: Kimi-Linear-48B-A3B 0.378, Trinity-Mini 0.151)"
     ),
     wrong="is called by vLLM without routed_scaling_factor",
-    action="guard",
+    action="fix",
     why=(
-        "silent wrong output for whole models; FlashInfer applies the scale only "
-        "for DeepSeekV3 routing, whose models nearly all set one; the scale is not "
-        "in moe_config, so every DeepSeekV3 layer of the BF16 kernel is refused"
+        "silent wrong output for layers that pass a scale other than 1 into the "
+        "kernel (Trinity/AFMoE; Kimi-Linear and Ling from vLLM 0.20); DeepSeek-V3, "
+        "Kimi-K2 and GLM pass 1. Where the upstream fix only passes on a value "
+        "vLLM holds (0.20 - 0.21) the plugin backports it; elsewhere it guards"
     ),
-    methods=("DeepSeekV3",),
+    layers=Layers(("DeepSeekV3",), scaled=True),
     kernels=("trtllm_bf16_moe",),
     targets=BF16_TARGETS,
-    envelope=None,
-    affected="vLLM 0.16.0 - 0.20.2 as measured (0.21 not checked)",
     defect=VllmDefect(
         "routed_scaling_factor",
         {
-            "TrtLlmBf16ExpertsMonolithic": "TrtLlmBf16ExpertsMonolithic.apply",
-            "TrtLlmBf16Experts": "TrtLlmBf16Experts.apply",
-            "flashinfer_trtllm_moe._supports_routing_method_bf16": (
-                "flashinfer_fused_moe_bf16"
-            ),
+            t.BF16_MONOLITHIC: "TrtLlmBf16ExpertsMonolithic.apply",
+            t.BF16_0_20: "TrtLlmBf16Experts.apply",
+            t.BF16_FUNCTION: "flashinfer_fused_moe_bf16",
         },
+        releases="0.16.0 - 0.21.0 (0.22.0 passes it)",
+        backported=(t.BF16_0_20,),
     ),
     references=("vllm#43769",),
     remove_when="no supported vLLM calls trtllm_bf16_moe without routed_scaling_factor",
+)
+
+VLLM_32437 = KnownBug(
+    id="vllm#32437",
+    title=(
+        "vLLM's TRT-LLM MXINT4 MoE calls FlashInfer with routed_scaling_factor=None "
+        "(flashinfer_mxint4_moe.py), while its monolithic class accepts DeepSeekV3"
+    ),
+    wrong="is called by vLLM with routed_scaling_factor=None",
+    action="guard",
+    why=(
+        "silent wrong output for DeepSeekV3 layers that pass a scale other than 1 "
+        "into the kernel; the fix needs vLLM's helper to take the value, which is "
+        "more than a backport should change"
+    ),
+    layers=Layers(("DeepSeekV3",), scaled=True),
+    kernels=("trtllm_mxint4_block_scale_moe",),
+    targets=(t.MXINT4_MONOLITHIC,),
+    defect=VllmDefect(
+        "routed_scaling_factor",
+        {t.MXINT4_MONOLITHIC: "TrtLlmMxint4ExpertsMonolithic.apply"},
+        releases=(
+            "0.23.0 - 0.33.0 (the class; 0.19 - 0.22 call the kernel with no "
+            "routing check)"
+        ),
+    ),
+    references=("vllm#32437", "vllm#43769", "vllm#44007"),
+    remove_when="no supported vLLM calls trtllm_mxint4_block_scale_moe without it",
 )
 
 FLASHINFER_2642 = KnownBug(
@@ -359,11 +482,9 @@ FLASHINFER_2642 = KnownBug(
     wrong="overflows an int32 index",
     action="warn",
     why="fails loudly (a CUDA error stops the engine), never silently wrong",
-    methods=(),
+    layers=Layers(),
     kernels=("trtllm_fp8_block_scale_moe", "trtllm_fp8_per_tensor_scale_moe"),
     targets=FP8_TARGETS,
-    envelope=None,
-    affected="<= 0.6.5",
     fixed_in=(0, 6, 6),
     references=("flashinfer#2642", "flashinfer#2643"),
     remove_when="no supported vLLM installs or allows a FlashInfer older than 0.6.6",
@@ -377,12 +498,15 @@ FLASHINFER_4237 = KnownBug(
     ),
     wrong="reads one element past the route map",
     action="warn",
-    why="outputs are correct; the failure is a loud, allocator-dependent crash",
-    methods=(),
+    why=(
+        "outputs are correct; the failure is a loud, allocator-dependent crash. "
+        "Not a routing bug: the allocation is in prepare_routing_common, shared "
+        "with the pre-routed kernels of the modular classes guarded layers fall "
+        "back to, so refusing a layer would not avoid it"
+    ),
+    layers=Layers(),
     kernels=_SIGMOID_KERNELS,
     targets=MONOLITHIC_TARGETS,
-    envelope=None,
-    affected="< 0.6.16",
     fixed_in=(0, 6, 16),
     references=("flashinfer#4237", "flashinfer#4288"),
     remove_when="no supported vLLM installs or allows a FlashInfer older than 0.6.16",
@@ -400,12 +524,11 @@ FLASHINFER_4486 = KnownBug(
         "not a routing bug: it reaches the modular NVFP4 class too, which the "
         "plugin does not patch, and only layers quantized online to NVFP4"
     ),
-    methods=(),
+    layers=Layers(),
     kernels=("trtllm_fp4_block_scale_moe", "trtllm_fp4_block_scale_routed_moe"),
-    targets=NVFP4_TARGETS[:1],
-    envelope=None,
-    affected="0.6.16 - 0.6.17 (tile 192 advertised since flashinfer#4252)",
+    targets=(t.NVFP4_MONOLITHIC,),
     introduced_in=(0, 6, 16),
+    introduced_by="flashinfer#4252",
     fixed_in=(0, 6, 18),
     references=("flashinfer#4486", "flashinfer#4563", "flashinfer#4741"),
     remove_when="no supported vLLM installs or allows a FlashInfer 0.6.16 - 0.6.17",
@@ -418,6 +541,7 @@ KNOWN_BUGS: tuple[KnownBug, ...] = (
     FLASHINFER_3875,
     FLASHINFER_3499,
     VLLM_43769,
+    VLLM_32437,
     FLASHINFER_2642,
     FLASHINFER_4237,
     FLASHINFER_4486,

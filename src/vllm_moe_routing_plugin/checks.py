@@ -18,7 +18,8 @@ from types import ModuleType
 from typing import Any
 
 from .bugs import RENORMALIZE_METHODS
-from .targets import CONFIG, QUANT_UTILS, SCHEME_LABELS, Target
+from .layers import LAYER_ATTRIBUTES
+from .targets import CONFIG, QUANT_UTILS, SCHEME_LABELS, LayerClass, Target
 
 #: Set on every replacement the plugin installs, holding vLLM's original.
 MARKER = "_vllm_moe_routing_plugin_original"
@@ -107,6 +108,19 @@ class RoutingCheck:
             self.target, self.module, self.owner, check, self.methods, self.schemes
         )
 
+    def scheme_of(self, weight_key: Any, activation_key: Any) -> str:
+        """The label of the quant scheme vLLM asked about (``fp8-block``); a
+        module function that takes no keys has one scheme."""
+        if self.target.call == "function" and len(self.schemes) == 1:
+            return next(iter(self.schemes))
+        for label, (wk, ak) in self.schemes.items():
+            if wk is weight_key and ak is activation_key:
+                return label  # vLLM passes its module-level constants
+        for label, keys in self.schemes.items():
+            if keys == (weight_key, activation_key):
+                return label
+        return "another quant scheme"
+
     def accepted(self) -> dict[str, tuple[str, ...]]:
         """Per quant scheme the check supports, the routing methods it accepts."""
         call = caller(self.target, self.check)
@@ -154,6 +168,33 @@ def locate(target: Target, module: ModuleType) -> RoutingCheck | None:
     if not schemes:
         raise Unrecognised("none of its quant keys found in this vLLM")
     return RoutingCheck(target, module, owner, check, methods, schemes)
+
+
+def locate_layer_class(layer_class: LayerClass, module: ModuleType) -> type | None:
+    """The class that builds a MoE layer in ``module``; None where this vLLM
+    has none there (from 0.24 ``layer.FusedMoE`` is a factory function).
+
+    Raises ``Unrecognised`` when its constructor does not set, itself, every
+    attribute ``layers`` reads and ``quant_method`` (where the backend
+    oracle runs): read from the names the compiled ``__init__`` stores.
+    """
+    owner = getattr(module, layer_class.owner, None)
+    if not isinstance(owner, type):
+        return None
+    init = _unwrap_ours(inspect.getattr_static(owner, "__init__", None))
+    code = getattr(init, "__code__", None)
+    if code is None or "__init__" not in vars(owner):
+        raise Unrecognised(f"{layer_class.owner} has no __init__ of its own")
+    missing = [
+        name
+        for name in (*LAYER_ATTRIBUTES, "quant_method")
+        if name not in code.co_names
+    ]
+    if missing:
+        raise Unrecognised(
+            f"{layer_class.owner}.__init__ does not set {', '.join(missing)}"
+        )
+    return owner
 
 
 def _unwrap_ours(func: Any) -> Any:

@@ -25,10 +25,10 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
     from typing import Literal
 
     Renormalize = Literal["auto", "enable", "disable"]
-    #: What a user asks for one known-bug entry: refuse its layers, only warn,
-    #: or neither.
-    BugAction = Literal["guard", "warn", "ignore"]
-BUG_ACTIONS: tuple[BugAction, ...] = ("guard", "warn", "ignore")
+    #: What a user asks for one known-bug entry: refuse the layers it hits,
+    #: apply the plugin's backport of the upstream fix, only warn, or neither.
+    BugAction = Literal["guard", "fix", "warn", "ignore"]
+BUG_ACTIONS: tuple[BugAction, ...] = ("guard", "fix", "warn", "ignore")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -104,7 +104,7 @@ def parse_bug_actions(raw: str) -> tuple[tuple[str, BugAction], ...]:
                 pairs[bug_id] = known
                 break
         else:
-            raise InvalidValue(f"{bug_id}: expected guard, warn or ignore")
+            raise InvalidValue(f"{bug_id}: expected guard, fix, warn or ignore")
     return tuple(pairs.items())
 
 
@@ -154,8 +154,8 @@ VARIABLES: tuple[Variable, ...] = (
         KNOWN_BUGS_VAR,
         (),
         parse_bug_actions,
-        "flashinfer#3946=guard,flashinfer#4237=ignore, ... (guard, warn, ignore)",
-        "turn one known-bug entry's action up or down (docs/known-bugs.md)",
+        "flashinfer#3946=guard,flashinfer#4237=ignore, ... (guard, fix, warn, ignore)",
+        "change one known bug's action (`vllm-moe-routing status` lists them)",
     ),
 )
 

@@ -1,28 +1,42 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The INFO line each vLLM process logs: plugin, version, decision, reason
-with its facts, what happened to each target, and the known bugs that reach
-this install with what was done about each; and the WARNING for a known bug
-the plugin only warns about."""
+"""What a vLLM process logs: the INFO line with the decision (plugin,
+version, decision, reason with its facts, what happened to each target), the
+short line when a target module is imported later, one INFO line per kind of
+MoE layer a known bug is judged for, and one WARNING per warned known bug
+that hits a layer actually built."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .about import PLUGIN
 from .envs import KNOWN_BUGS_VAR
+from .targets import Target
 
 if TYPE_CHECKING:
+    from .bugs import KnownBug
     from .patching import Outcome
-    from .policy import Decision, Finding
+    from .policy import Decision, Verdict
 
-#: How the line says what was done about a known bug that reaches.
-DONE = {"guard": "guarded", "warn": "warned", "none": "ignored"}
+#: The installed command that shows the whole catalogue.
+STATUS_COMMAND = "vllm-moe-routing status"
+
+
+def named(outcomes: Iterable[Outcome]) -> list[Outcome]:
+    """The outcomes a line names: absent and untouched targets, and layer
+    classes made visible as planned, are left out."""
+    return [
+        o
+        for o in outcomes
+        if o.state not in ("absent", "untouched")
+        and (isinstance(o.target, Target) or o.state != "patched")
+    ]
 
 
 def target_part(outcomes: Iterable[Outcome], pending: Iterable[str] = ()) -> str:
-    """What the line says about the targets; absent ones are left out."""
-    parts = [describe(o) for o in outcomes if o.state not in ("absent", "untouched")]
+    """What the line says about the targets."""
+    parts = [describe(o) for o in named(outcomes)]
     waiting = sorted(name.rsplit(".", 1)[-1] for name in pending)
     if waiting:
         parts.append(f"checked on import: {', '.join(waiting)}")
@@ -39,40 +53,6 @@ def describe(outcome: Outcome) -> str:
     return f"{outcome.target.name} {outcome.state}"
 
 
-def reached(decision: Decision, outcomes: Iterable[Outcome]) -> list[Finding]:
-    """The decision's findings that reach a target of these outcomes, in
-    catalogue order."""
-    ids = {bug_id for outcome in outcomes for bug_id in outcome.bugs}
-    return [f for f in decision.findings if f.bug.id in ids]
-
-
-def bugs_part(findings: Iterable[Finding]) -> str:
-    """``known bugs: flashinfer#3803 warned, vllm#43769 guarded``, or ``""``."""
-    parts = [f"{f.bug.id} {DONE[f.action]}" for f in findings]
-    return f"known bugs: {', '.join(parts)}" if parts else ""
-
-
-def warning(findings: Iterable[Finding]) -> str:
-    """The WARNING for the known bugs that reach and are only warned about:
-    one line, however many."""
-    parts = []
-    guardable = []
-    for finding in findings:
-        bug = finding.bug
-        fixed = f"; fixed in FlashInfer {bug.fixed_in_text}" if bug.fixed_in else ""
-        parts.append(f"{bug.id} ({bug.wrong}{fixed})")
-        if bug.guardable:
-            guardable.append(bug.id)
-    line = f"{PLUGIN}: known bugs reach this install, vLLM left unchanged for them: "
-    line += ", ".join(parts)
-    if guardable:
-        line += (
-            f"; {KNOWN_BUGS_VAR}=<id>=guard keeps the layers a routing bug reaches "
-            f"off the fused routing ({', '.join(guardable)})"
-        )
-    return line + "; docs/known-bugs.md"
-
-
 def decision_line(
     version: str,
     decision: Decision,
@@ -86,18 +66,121 @@ def decision_line(
     head = f"{PLUGIN} {version}: {decision.action} ({decision.reason})"
     tail = target_part(outcomes, pending) if decision.acts else "vLLM unchanged"
     line = f"{head} - {tail}"
-    known = bugs_part(reached(decision, outcomes))
-    if known:
-        line += f"; {known}"
     for note in decision.notes:
         line += f"; note: {note}"
     return line
 
 
-def import_line(outcomes: Iterable[Outcome], decision: Decision) -> str:
+def import_line(outcomes: Iterable[Outcome]) -> str:
     """The short line logged when a target module is imported after the
     decision line."""
-    outcomes = list(outcomes)
-    line = f"{PLUGIN}: on import: {target_part(outcomes)}"
-    known = bugs_part(reached(decision, outcomes))
-    return f"{line}; {known}" if known else line
+    return f"{PLUGIN}: on import: {target_part(outcomes)}"
+
+
+def chosen_kernel(layer: Any) -> str | None:
+    """The experts class (or backend) vLLM chose for a layer it built: the
+    quant method's ``experts_cls`` (vLLM 0.16+ for the quantized methods,
+    0.20+ for BF16), else its ``*_backend`` enum."""
+    method = getattr(layer, "quant_method", None)
+    experts = getattr(method, "experts_cls", None)
+    if isinstance(experts, type):
+        return experts.__name__
+    for name, value in sorted(vars(method).items()) if method is not None else ():
+        if name.endswith("_backend") and hasattr(value, "name"):
+            return str(value.name)
+    return None
+
+
+def kind(verdicts: Sequence[tuple[Target, Verdict]]) -> Any:
+    """Layers of one kind: the same values, judged by the same checks (a
+    verdict, and vLLM's choice of kernel, follow from the two). Cheap: it is
+    computed for every layer vLLM builds."""
+    return (
+        verdicts[-1][1].layer.key,
+        tuple(id(verdict.check) for _, verdict in verdicts),
+    )
+
+
+class LayerReport:
+    """One layer built, from the verdicts its routing checks reached."""
+
+    __slots__ = (
+        "blind", "chosen", "fixed", "forced", "guarded", "layer", "name", "warned",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        verdicts: Sequence[tuple[Target, Verdict]],
+        chosen: str | None,
+        name: str = "a MoE layer",
+    ) -> None:
+        self.layer = verdicts[-1][1].layer
+        self.name = name
+        self.chosen = chosen
+        self.guarded: list[KnownBug] = []
+        self.fixed: list[KnownBug] = []
+        self.warned: list[tuple[KnownBug, Verdict, Target]] = []
+        self.blind: set[str] = set()
+        refused = any(verdict.refused for _, verdict in verdicts)
+        for target, verdict in verdicts:
+            self.guarded += [b for b in verdict.guarded if b not in self.guarded]
+            self.blind.update(bug.layers.hidden for bug in verdict.blind)
+            if refused:
+                continue  # the layer left the fused routing: only the guards count
+            self.fixed += [b for b in verdict.fixed if b not in self.fixed]
+            for bug in verdict.warned:
+                if all(bug is not seen for seen, _, _ in self.warned):
+                    self.warned.append((bug, verdict, target))
+        self.forced = refused and not self.guarded
+
+    def line(self) -> str:
+        """``moe_routing: model.layers.3.mlp.experts and later layers like it:
+        DeepSeekV3, 256 experts, top_k 8, n_group 1, bias, scale 1, fp8-block ->
+        TrtLlmFp8ExpertsModular: flashinfer#3875 guarded``."""
+        done = [f"{b.id} guarded" for b in self.guarded]
+        if self.forced:
+            done.append("Renormalize refused by VLLM_MOE_ROUTING_RENORMALIZE=disable")
+        done += [f"{b.id} fixed" for b in self.fixed]
+        done += [f"{b.id} warned" for b, _, _ in self.warned]
+        kernel = f" -> {self.chosen}" if self.chosen else ""
+        what = ", ".join(done) if done else "no known bug hits it"
+        line = (
+            f"{PLUGIN}: {self.name} and later layers like it: "
+            f"{self.layer.describe()}{kernel}: {what}"
+        )
+        if self.blind:
+            hidden = ", ".join(sorted(self.blind))
+            line += f" (its {hidden} not visible: judged as for every layer)"
+        return line
+
+
+def layer_warning(
+    bug: KnownBug,
+    verdict: Verdict,
+    target: Target,
+    name: str = "a MoE layer",
+    bug_actions: Sequence[tuple[str, str]] = (),
+) -> str:
+    """The WARNING for a warned known bug that hits a layer actually built,
+    with the value that turns it into a guard (kept with the other entries
+    already set), or the one that silences it."""
+    if bug.defect is not None:
+        what = f"FlashInfer's {'/'.join(bug.kernels)} {bug.wrong}"
+    else:
+        version = verdict.check.flashinfer or "(version unknown)"
+        what = f"FlashInfer {version} {bug.wrong} (fixed in {bug.fixed_in_text})"
+    kept = [(i, a) for i, a in bug_actions if i != bug.id]
+    if bug.guardable:
+        value = ",".join(f"{i}={a}" for i, a in [*kept, (bug.id, "guard")])
+        advice = f"to keep such layers off the fused routing: {KNOWN_BUGS_VAR}={value}"
+    else:
+        value = ",".join(f"{i}={a}" for i, a in [*kept, (bug.id, "ignore")])
+        advice = (
+            "not a routing bug, so no layer can be kept off it; a fixed FlashInfer "
+            f"avoids it; to silence this: {KNOWN_BUGS_VAR}={value}"
+        )
+    return (
+        f"{PLUGIN}: {bug.id} hits {name} "
+        f"({verdict.facts()}) on {target.name}: {what}; vLLM left unchanged for "
+        f"it; {advice}; `{STATUS_COMMAND}` lists every known bug"
+    )

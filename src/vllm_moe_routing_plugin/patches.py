@@ -1,16 +1,20 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Everything the plugin changes in vLLM: three replacements, and how one is
+"""Everything the plugin changes in vLLM: five replacements, and how one is
 put in place and taken back.
 
-============================  =========================================================
-replacement                   what it replaces, and when
-============================  =========================================================
-``widened_routing_check``     a class's ``_supports_routing_method``; ``enable``
-``narrowed_routing_function`` a module function ``_supports_routing_method[_bf16]``
-                              of vLLM 0.16 - 0.19; a catalogue entry to guard
-``guarded_config_check``      a monolithic class's ``is_supported_config``; a
-                              catalogue entry to guard
-============================  =========================================================
+===========================  ==========================================================
+replacement                  what it replaces, and when
+===========================  ==========================================================
+``widened_routing_check``    a class's ``_supports_routing_method``; ``enable``
+``layer_config_check``       a monolithic class's ``is_supported_config``; a
+                             known bug in range that the class's kernel has
+``layer_routing_function``   a module function ``_supports_routing_method[_bf16]``
+                             of vLLM 0.16 - 0.19; the same
+``layer_constructor``        the ``__init__`` of the class that builds a MoE
+                             layer (``targets.LAYER_CLASSES``); the same
+``BACKPORTS``                a vLLM function that drops a value it holds (a
+                             catalogue entry's ``fix``)
+===========================  ==========================================================
 
 Each keeps vLLM's original and calls it first, so every answer the decision
 does not concern (other routing methods, the ``ValueError`` for an
@@ -22,11 +26,13 @@ which replacement a target gets, verifies it and reports it.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
-from .checks import MARKER, caller
-from .policy import Guard
+from . import layers
+from .checks import MARKER, Unrecognised, caller
+from .policy import LayerCheck, Verdict
 from .targets import Target
 
 
@@ -60,27 +66,118 @@ def widened_routing_check(
     return _supports_routing_method
 
 
-def narrowed_routing_function(
-    target: Target, original: Callable[..., Any], refused: tuple[Any, ...]
+#: ``RoutingMethodType`` member -> name (an enum's ``name`` is a descriptor,
+#: and the layer checks run for every MoE layer vLLM builds).
+_NAMES: dict[Any, str | None] = {}
+
+
+def _refused(
+    target: Target,
+    check: LayerCheck,
+    method: Any,
+    scheme_of: Callable[[Any, Any], str],
+    keys: tuple[Any, Any] = (None, None),
+    num_experts: int | None = None,
+    top_k: int | None = None,
+) -> Verdict | None:
+    """The verdict on the layer being built, kept with it (``layers.Build``),
+    where an entry planned here concerns its routing method; returned where
+    it refuses the layer."""
+    name = _NAMES.get(method)
+    if name is None:
+        name = _NAMES.setdefault(method, getattr(method, "name", None))
+    if check.methods is not None and name not in check.methods:
+        return None
+    build = layers.being_built()
+    facts = layers.facts(build, name, scheme_of(*keys), num_experts, top_k)
+    verdict = check.judge(facts)
+    if build is not None:
+        build.verdicts.append((target, verdict))
+    return verdict if verdict.refused else None
+
+
+def layer_config_check(
+    target: Target,
+    original: Callable[..., Any],
+    check: LayerCheck,
+    scheme_of: Callable[[Any, Any], str],
 ) -> Any:
-    """A module-level routing check without the refused methods, for every
-    layer shape.
+    """``is_supported_config`` that refuses the layers an in-range known bug
+    hits, after the original accepted them.
+
+    Why: a known bug (``bugs.KNOWN_BUGS``) makes the in-kernel routing wrong
+    for some layers only (flashinfer#2822: Renormalize with 128 < experts <=
+    512 and top_k < 10; flashinfer#3875: DeepSeekV3 and MiniMax2 without
+    expert groups, with a bias; vllm#43769: a scale other than 1). A blanket
+    refusal would move Qwen3-30B-A3B, gpt-oss, DeepSeek-V3 or MiniMax-M2 off
+    the fused kernel for nothing.
+    How: the routing check sees only the method; this check sees the layer's
+    ``moe_config``, and runs inside the constructor of the layer being built
+    (``layer_constructor``), whose expert groups, bias and scale ``layers``
+    reads. The answer ``(False, reason)`` makes vLLM's oracle pick the
+    modular class (vLLM routes, the same TRT-LLM experts run) or another
+    backend for exactly those layers, and vLLM logs the reason.
+    Upstream: the fix each entry names (flashinfer#2744 for flashinfer#2822).
+    Remove when: no entry of the catalogue is in range of a supported vLLM
+    and FlashInfer.
+    """
+
+    def is_supported_config(
+        cls: Any, moe_config: Any, *args: Any, **kwargs: Any
+    ) -> tuple[bool, str | None]:
+        supported, reason = original(cls, moe_config, *args, **kwargs)
+        if not supported:
+            return supported, reason
+        refused = _refused(
+            target,
+            check,
+            getattr(moe_config, "routing_method", None),
+            scheme_of,
+            (
+                args[0] if args else kwargs.get("weight_key"),
+                args[1] if len(args) > 1 else kwargs.get("activation_key"),
+            ),
+            getattr(moe_config, "num_experts", None),
+            getattr(moe_config, "experts_per_token", None),
+        )
+        if refused is not None:
+            return False, refused.reason()
+        return supported, reason
+
+    is_supported_config.__doc__ = original.__doc__
+    setattr(is_supported_config, MARKER, original)
+    return is_supported_config
+
+
+def layer_routing_function(
+    target: Target,
+    original: Callable[..., Any],
+    check: LayerCheck,
+    scheme_of: Callable[[Any, Any], str],
+) -> Any:
+    """A module-level routing check that refuses the layers an in-range known
+    bug hits.
 
     Why: the routing checks of vLLM 0.16 - 0.19's module functions
     (``flashinfer_trtllm_moe._supports_routing_method[_bf16]``,
-    ``flashinfer_fp4_moe._supports_routing_method``) accept Renormalize while
-    the FlashInfer those releases pin routes it wrongly (flashinfer#2822).
-    How: refuse the methods outright. These functions cannot see the layer's
-    shape, and vLLM's oracles bind the classes around them by name at
-    import, so there is no narrower place to refuse.
-    Upstream: flashinfer#2744 (the fix, FlashInfer 0.6.7); vLLM 0.20 moved to
-    the classes and a fixed FlashInfer.
+    ``flashinfer_fp4_moe._supports_routing_method``) accept Renormalize and
+    DeepSeekV3 while the FlashInfer those releases pin routes some layers
+    wrongly (flashinfer#2822), and vLLM 0.16 - 0.19 call the BF16 kernel
+    without the layer's ``routed_scaling_factor`` (vllm#43769).
+    How: these functions see only the method, and vLLM's oracles bind the
+    functions around them by name at import, so there is no narrower place to
+    refuse. The layer being built (``layer_constructor``) holds the rest; with
+    no layer visible (``status``) each entry is judged as for every layer.
+    Upstream: flashinfer#2744 (FlashInfer 0.6.7); vLLM 0.20 moved to the
+    classes, 0.22 passes the scale.
     Remove when: no supported vLLM is older than 0.20.
     """
     if target.call == "function":
 
         def _supports_routing_method_bf16(routing_method: Any) -> bool:
-            return routing_method not in refused and bool(original(routing_method))
+            if not original(routing_method):
+                return False
+            return _refused(target, check, routing_method, scheme_of) is None
 
         replacement: Callable[..., bool] = _supports_routing_method_bf16
     else:
@@ -89,8 +186,10 @@ def narrowed_routing_function(
             weight_key: Any, activation_key: Any, routing_method: Any
         ) -> bool:
             # Unsupported quant schemes still raise the original's ValueError.
-            accepted = bool(original(weight_key, activation_key, routing_method))
-            return accepted and routing_method not in refused
+            if not original(weight_key, activation_key, routing_method):
+                return False
+            keys = (weight_key, activation_key)
+            return _refused(target, check, routing_method, scheme_of, keys) is None
 
         replacement = _supports_routing_method
     replacement.__doc__ = original.__doc__
@@ -98,44 +197,120 @@ def narrowed_routing_function(
     return replacement
 
 
-def guarded_config_check(original: Callable[..., Any], guard: Guard) -> Any:
-    """``is_supported_config`` that refuses the guard's routing methods for the
-    layers inside its entries' envelopes, after the original accepted them.
+def layer_constructor(
+    original: Callable[..., Any], on_built: Callable[[layers.Build], None]
+) -> Any:
+    """The layer class's ``__init__``, marking the layer as being built.
 
-    Why: a known bug (``bugs.KNOWN_BUGS``) makes the in-kernel routing wrong
-    for some routing methods, and for some of them only for some layer shapes;
-    a blanket refusal of Renormalize would move models outside flashinfer#2822's
-    envelope (Qwen3-30B-A3B, gpt-oss, Qwen3-Next) off the fused kernel for
-    nothing.
-    How: the routing check cannot see the layer's shape; this check can
-    (``moe_config.num_experts``, ``moe_config.experts_per_token``,
-    ``moe_config.routing_method``). The answer ``(False, reason)`` makes vLLM's
-    oracle pick the modular class (vLLM routes, the same TRT-LLM experts run)
-    or another backend for exactly those layers, and vLLM logs the reason.
-    Upstream: the fix each entry names (flashinfer#2744 for flashinfer#2822).
-    Remove when: no entry of the catalogue with the action ``guard`` reaches a
-    supported vLLM and FlashInfer.
+    Why: the values that decide whether a known bug hits a layer (expert
+    groups, correction bias, the ``routed_scaling_factor`` into the kernel)
+    are not in the ``moe_config`` vLLM's routing checks receive (0.16 - 0.33);
+    they are attributes of this object, set before its constructor asks the
+    backend oracle for the layer's kernel.
+    How: the original runs unchanged between ``layers.enter`` and
+    ``layers.leave``; afterwards ``on_built`` reports the layer (it must not
+    raise). An exception of vLLM's own propagates as it would.
+    Upstream: none; vLLM's ``FusedMoEConfig`` would need these values.
+    Remove when: no catalogue entry needs a layer's own values.
     """
-    refused = guard.methods
 
-    def is_supported_config(
-        cls: Any, moe_config: Any, *args: Any, **kwargs: Any
-    ) -> tuple[bool, str | None]:
-        supported, reason = original(cls, moe_config, *args, **kwargs)
-        if not supported:
-            return supported, reason
-        method = getattr(getattr(moe_config, "routing_method", None), "name", None)
-        if method not in refused:
-            return supported, reason
-        num_experts = getattr(moe_config, "num_experts", None)
-        top_k = getattr(moe_config, "experts_per_token", None)
-        if guard.refuses(num_experts, top_k, method):
-            return False, guard.reason(num_experts, top_k, method)
-        return supported, reason
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        build = layers.enter(self)
+        try:
+            original(self, *args, **kwargs)
+        finally:
+            layers.leave()
+        on_built(build)
 
-    is_supported_config.__doc__ = original.__doc__
-    setattr(is_supported_config, MARKER, original)
-    return is_supported_config
+    __init__.__doc__ = original.__doc__
+    __init__.__wrapped__ = original  # type: ignore[attr-defined]
+    setattr(__init__, MARKER, original)
+    return __init__
+
+
+# Backports: the upstream fix, where it only passes on a value vLLM holds.
+
+#: The keyword names vLLM 0.20.0 - 0.21.0's ``TrtLlmBf16Experts.apply``
+#: passes to ``flashinfer.fused_moe.trtllm_bf16_moe``, in order: the code the
+#: backport replaces, recognised exactly.
+_BF16_APPLY_KEYWORDS = (
+    "routing_logits", "routing_bias", "hidden_states", "gemm1_weights",
+    "gemm2_weights", "num_experts", "top_k", "n_group", "topk_group",
+    "intermediate_size", "local_expert_offset", "local_num_experts",
+    "routing_method_type",
+)  # fmt: skip
+_BF16_APPLY_PARAMETERS = (
+    "self", "hidden_states", "w1", "w2", "router_logits", "activation",
+    "global_num_experts", "expert_map", "a1q_scale", "apply_router_weight_on_input",
+    "num_expert_group", "e_score_correction_bias", "routed_scaling_factor",
+    "topk_group",
+)  # fmt: skip
+
+
+def bf16_apply_passing_scale(original: Callable[..., Any]) -> Any:
+    """``TrtLlmBf16Experts.apply`` that passes ``routed_scaling_factor`` on.
+
+    Why: vLLM 0.20 - 0.21 receive the layer's ``routed_scaling_factor`` in
+    ``apply`` and drop it when calling ``trtllm_bf16_moe`` (vllm#43769), so
+    DeepSeekV3 layers that pass a scale other than 1 into the kernel
+    (Trinity/AFMoE, Kimi-Linear, Ling) compute a wrongly scaled output.
+    How: vLLM 0.22's ``apply``, which adds ``routed_scaling_factor=`` to the
+    call and is otherwise the same code; the original must be exactly the
+    0.20 - 0.21 code (``Unrecognised`` otherwise, and the entry guards).
+    Every FlashInfer from 0.6.3 takes the keyword.
+    Upstream: vllm#43769, first released in vLLM 0.22.0.
+    Remove when: no supported vLLM is older than 0.22.
+    """
+    code = getattr(original, "__code__", None)
+    parameters = tuple(inspect.signature(original).parameters)
+    keywords = [c for c in getattr(code, "co_consts", ()) if isinstance(c, tuple)]
+    if parameters != _BF16_APPLY_PARAMETERS or keywords != [_BF16_APPLY_KEYWORDS]:
+        raise Unrecognised("apply is not the vLLM 0.20 - 0.21 code the backport knows")
+
+    def apply(
+        self: Any,
+        hidden_states: Any,
+        w1: Any,
+        w2: Any,
+        router_logits: Any,
+        activation: Any,
+        global_num_experts: int,
+        expert_map: Any,
+        a1q_scale: Any,
+        apply_router_weight_on_input: bool,
+        num_expert_group: int | None = None,
+        e_score_correction_bias: Any = None,
+        routed_scaling_factor: float | None = None,
+        topk_group: int | None = None,
+    ) -> Any:
+        import flashinfer
+
+        return flashinfer.fused_moe.trtllm_bf16_moe(
+            routing_logits=router_logits,
+            routing_bias=e_score_correction_bias,
+            hidden_states=hidden_states,
+            gemm1_weights=w1,
+            gemm2_weights=w2,
+            num_experts=global_num_experts,
+            top_k=self.topk,
+            n_group=num_expert_group,
+            topk_group=topk_group,
+            intermediate_size=self.intermediate_size_per_partition,
+            local_expert_offset=self.ep_rank * self.local_num_experts,
+            local_num_experts=self.local_num_experts,
+            routed_scaling_factor=routed_scaling_factor,
+            routing_method_type=self.routing_method_type,
+        )
+
+    apply.__doc__ = original.__doc__
+    setattr(apply, MARKER, original)
+    return apply
+
+
+#: The backports by the function they replace (``bugs.VllmDefect.callers``).
+BACKPORTS: dict[str, Callable[[Callable[..., Any]], Any]] = {
+    "TrtLlmBf16Experts.apply": bf16_apply_passing_scale,
+}
 
 
 class Patch:
@@ -173,7 +348,8 @@ class Patch:
 
 class Patches:
     """Several attributes of one class replaced together (the routing check
-    widened and ``is_supported_config`` guarded); undone newest first."""
+    widened, ``is_supported_config`` checking layers, a backport); undone
+    newest first."""
 
     __slots__ = ("parts",)
 

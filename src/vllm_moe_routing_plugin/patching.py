@@ -1,13 +1,21 @@
 # SPDX-License-Identifier: Apache-2.0
 """Bringing one target in line with the decision: locate its check, choose
-and install the replacement (``patches``), verify it, and say what happened.
+and install the replacements (``patches``), verify them, and say what
+happened.
 
-``enable`` widens the routing check where it lacks a Renormalize method;
-``guard`` wraps ``is_supported_config`` of the monolithic classes (layer-shape
-aware), or narrows the module functions of vLLM 0.16 - 0.19 (which see no
-shape). A target already answering what the decision wants is ``native`` and
-left as it is. Each target is patched on its own: one that cannot be patched
-is left as vLLM wrote it, the others are still patched.
+``enable`` widens the routing check where it lacks a Renormalize method. Each
+in-range catalogue entry whose kernel is behind a target, and whose routing
+methods vLLM lets onto it, is planned there: ``guard`` and ``warn`` entries
+put a layer check in front of the target (``is_supported_config`` of the
+monolithic classes; the module functions of vLLM 0.16 - 0.19), which judges
+each MoE layer vLLM builds; a ``fix`` entry applies its backport where the
+plugin recognises vLLM's code, and guards where it does not. A target
+already answering what the decision wants is ``native`` and left as it is.
+Each target is patched on its own: one that cannot be patched is left as
+vLLM wrote it, the others are still patched.
+
+The layer classes (``targets.LAYER_CLASSES``) get the constructor that makes
+the layer being built visible to the layer checks.
 """
 
 from __future__ import annotations
@@ -18,16 +26,18 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import checks, patches
+from . import checks, layers, patches
 from .bugs import RENORMALIZE_METHODS, KnownBug
 from .checks import RoutingCheck, Unrecognised, is_ours
 from .errors import describe_error
 from .patches import Patch, Patches
-from .policy import Decision
-from .targets import Target
+from .policy import Decision, LayerCheck, Planned
+from .targets import LayerClass, Target
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
+
+    from .policy import Done
 
     #: What happened to a target in this process (the ``state`` of ``status``).
     State = Literal[
@@ -42,32 +52,35 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
 
 
 class Outcome:
-    """What happened to one target in this process. Mutable: undoing a patch
-    makes it ``untouched`` again. A plain class: a dataclass is generated with
-    ``exec`` when its module is imported, in every vLLM process that patches."""
+    """What happened to one target (or layer class) in this process. Mutable:
+    undoing a patch makes it ``untouched`` again. A plain class: a dataclass
+    is generated with ``exec`` when its module is imported, in every vLLM
+    process that patches."""
 
-    __slots__ = ("before", "bugs", "detail", "patch", "refused", "state", "target")
+    __slots__ = ("before", "check", "detail", "patch", "state", "target")
 
     def __init__(
         self,
-        target: Target,
+        target: Target | LayerClass,
         state: State,
         detail: str = "",
         before: dict[str, tuple[str, ...]] | None = None,
         patch: Patch | Patches | None = None,
-        refused: tuple[str, ...] = (),
-        bugs: tuple[str, ...] = (),
+        check: LayerCheck | None = None,
     ) -> None:
         self.target = target
         self.state = state
         self.detail = detail
         self.before = before if before is not None else {}
         self.patch = patch
-        self.refused = refused  # methods ``is_supported_config`` now refuses
-        self.bugs = bugs  # ids of the catalogue entries that reach this target
+        self.check = check  # the entries judged for each layer at this target
 
     def __repr__(self) -> str:
         return f"Outcome({self.target.name!r}, {self.state!r}, {self.detail!r})"
+
+    @property
+    def planned(self) -> tuple[Planned, ...]:
+        return self.check.planned if self.check is not None else ()
 
 
 def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
@@ -92,66 +105,60 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
         )
     if not decision.acts:
         return Outcome(target, "untouched", before=before)
-    accepted = {m for names in before.values() for m in names}
-    reaching = _reaching(found, accepted, decision)
-    bugs = tuple(
-        f.bug.id for f in decision.findings if f.affected and f.bug.id in reaching
-    )
     if is_ours(vars(found.owner).get(target.check)) or (
         target.owner is not None
         and is_ours(vars(found.owner).get("is_supported_config"))
     ):
-        return Outcome(
-            target, "patched", "already patched in this process", before, bugs=bugs
-        )
+        return Outcome(target, "patched", "already patched in this process", before)
     try:
-        outcome = _bring_in_line(found, before, accepted, decision, reaching)
+        return _bring_in_line(found, before, decision)
     except Unrecognised as exc:
-        outcome = Outcome(target, "unrecognised", f"left alone: {exc}", before)
+        return Outcome(target, "unrecognised", f"left alone: {exc}", before)
     except Exception as exc:
-        outcome = Outcome(
-            target, "failed", f"left alone: {describe_error(exc)}", before
-        )
-    outcome.bugs = bugs
-    return outcome
+        return Outcome(target, "failed", f"left alone: {describe_error(exc)}", before)
 
 
-def reaches(bug: KnownBug, found: RoutingCheck, accepted: set[str]) -> bool:
-    """Whether a catalogue entry reaches this target, given the routing methods
-    vLLM's own check accepts for it: the entry names the target, and vLLM lets
-    a layer of one of its routing methods in (a bug that is not a routing bug
-    reaches every layer of the target); for a bug in vLLM's code, probing the
-    code finds it."""
-    if found.target.name not in bug.targets:
+def applies(bug: KnownBug, found: RoutingCheck, accepted: set[str]) -> bool:
+    """Whether a catalogue entry can hit layers at this target: its kernel is
+    behind the target, vLLM's own check lets a layer of one of its routing
+    methods in (an entry about every method: any layer), and, for a bug in
+    vLLM's code, the code that calls the kernel shows it."""
+    if found.target not in bug.targets:
         return False
-    if bug.methods and not accepted.intersection(bug.methods):
+    if bug.layers.methods and not accepted.intersection(bug.layers.methods):
         return False
     if bug.defect is not None:
-        caller = bug.defect.callers.get(found.target.name)
+        caller = bug.defect.callers.get(found.target)
         return checks.lacks_keyword(found.module, caller, bug.defect.keyword)
     return True
 
 
-def _reaching(found: RoutingCheck, accepted: set[str], decision: Decision) -> set[str]:
-    """The ids of the entries that reach this target, each probed once: the
-    decision's findings this FlashInfer and GPU have, and the entries its
-    guard holds."""
-    candidates = {f.bug.id: f.bug for f in decision.findings if f.affected}
-    if decision.guard is not None:
-        candidates.update((bug.id, bug) for bug in decision.guard.bugs)
-    return {
-        bug_id for bug_id, bug in candidates.items() if reaches(bug, found, accepted)
-    }
+#: What is done for a layer an entry hits, from the action asked for it.
+_DONE: dict[str, Done] = {"guard": "guarded", "warn": "warned", "fix": "fixed"}
+
+
+def _backport(found: RoutingCheck, bug: KnownBug) -> Patch | None:
+    """The entry's backport installed at this target, or None where the
+    plugin has none or does not recognise vLLM's code there."""
+    if bug.defect is None or found.target not in bug.defect.backported:
+        return None
+    path = bug.defect.callers[found.target]
+    make = patches.BACKPORTS.get(path)
+    owner_name, _, attr = path.rpartition(".")
+    if make is None or owner_name != found.target.owner:
+        return None
+    try:
+        replacement = make(getattr(found.owner, attr))
+    except Unrecognised:
+        return None
+    return patches.install(found.owner, attr, replacement, static=False)
 
 
 def _bring_in_line(
-    found: RoutingCheck,
-    before: dict[str, tuple[str, ...]],
-    accepted: set[str],
-    decision: Decision,
-    reaching: set[str],
+    found: RoutingCheck, before: dict[str, tuple[str, ...]], decision: Decision
 ) -> Outcome:
     target = found.target
+    accepted = {m for names in before.values() for m in names}
     lacking: list[str] = []
     if decision.action == "enable" and before:
         lacking = [
@@ -159,27 +166,25 @@ def _bring_in_line(
             for m in RENORMALIZE_METHODS
             if any(m not in names for names in before.values())
         ]
-    guard = decision.guard
-    refused: tuple[str, ...] = ()
-    if guard is not None:
-        guard = guard.only(
-            tuple(bug for bug in guard.bugs if bug.guardable and bug.id in reaching)
-        )
-        refused = tuple(m for m in guard.methods if m in accepted)
-    if not lacking and not refused:
-        return Outcome(target, "native", "", before)
-    assert guard is not None or not refused
-    if target.owner is None:
-        assert guard is not None  # module functions accept Renormalize natively
-        values = tuple(getattr(found.methods, m) for m in refused)
-        narrowed = patches.narrowed_routing_function(target, found.check, values)
-        single = patches.install(found.owner, target.check, narrowed, static=False)
-        scope = "all shapes" if guard.forced else "all shapes: no shape visible"
-        detail = f"{' '.join(f'-{m}' for m in refused)} ({scope})"
-        return _verified(Outcome(target, "patched", detail, before, single), found)
     parts: list[Patch] = []
     details: list[str] = []
     try:
+        planned: list[Planned] = []
+        for finding in decision.acting:
+            bug = finding.bug
+            if not applies(bug, found, accepted):
+                continue
+            done, hidden_done = _DONE[finding.action], _DONE[finding.hidden_action]
+            if "fixed" in (done, hidden_done):
+                backport = _backport(found, bug)
+                if backport is not None:
+                    parts.append(backport)
+                    details.append(f"{backport.attr} backported")
+                fix: Done = "fixed" if backport else "guarded"
+                done = fix if done == "fixed" else done
+                hidden_done = fix if hidden_done == "fixed" else hidden_done
+            planned.append(Planned(bug, done, hidden_done))
+        forced = decision.forced and bool(accepted.intersection(RENORMALIZE_METHODS))
         if lacking:
             wanted = tuple(getattr(found.methods, m) for m in RENORMALIZE_METHODS)
             replacement = patches.widened_routing_check(target, found.check, wanted)
@@ -187,25 +192,34 @@ def _bring_in_line(
                 patches.install(found.owner, target.check, replacement, static=True)
             )
             details.append(" ".join(f"+{m}" for m in lacking))
-            _verified(Outcome(target, "patched", "", before, parts[-1]), found)
-        if refused:
-            assert guard is not None
-            original = _config_check(found)
-            replacement = patches.guarded_config_check(original, guard)
-            parts.append(
-                patches.install(
-                    found.owner, "is_supported_config", replacement, static=True
-                )
-            )
-            details.append(
-                f"{' '.join(f'-{m}' for m in refused)} for {guard.scope_of(refused)}"
-            )
+            _verified(found, before, parts[-1])
+        check = None
+        if planned or forced:
+            check = LayerCheck(tuple(planned), forced, decision.flashinfer)
+            parts.append(_layer_check(found, check))
+            details.append("checks each layer")
     except BaseException:
         for part in reversed(parts):
             part.undo()
         raise
+    if not parts:
+        return Outcome(target, "native", "", before)
     patch: Patch | Patches = parts[0] if len(parts) == 1 else Patches(tuple(parts))
-    return Outcome(target, "patched", " ".join(details), before, patch, refused=refused)
+    return Outcome(target, "patched", ", ".join(details), before, patch, check)
+
+
+def _layer_check(found: RoutingCheck, check: LayerCheck) -> Patch:
+    """Put the layer check in front of the target: the class's
+    ``is_supported_config``, or the module function itself."""
+    target = found.target
+    if target.owner is None:
+        replacement = patches.layer_routing_function(
+            target, found.check, check, found.scheme_of
+        )
+        return patches.install(found.owner, target.check, replacement, static=False)
+    original = _config_check(found)
+    replacement = patches.layer_config_check(target, original, check, found.scheme_of)
+    return patches.install(found.owner, "is_supported_config", replacement, static=True)
 
 
 def _config_check(found: RoutingCheck) -> Callable[..., Any]:
@@ -224,46 +238,81 @@ def _config_check(found: RoutingCheck) -> Callable[..., Any]:
     return original
 
 
-def _verified(outcome: Outcome, found: RoutingCheck) -> Outcome:
-    """Re-read the patched routing check; undo if it does not answer as planned
-    (an unexpected check must never be left half-changed)."""
-    assert outcome.patch is not None
+def _verified(
+    found: RoutingCheck, before: dict[str, tuple[str, ...]], patch: Patch
+) -> None:
+    """Re-read the widened routing check; undo if it does not answer as
+    planned (an unexpected check must never be left half-changed)."""
     try:
         table = found.reread().accepted()
     except Exception as exc:
-        outcome.patch.undo()
+        patch.undo()
         raise Unrecognised(f"patched check raised {describe_error(exc)}") from exc
-    if set(table) != set(outcome.before):
-        outcome.patch.undo()
+    if set(table) != set(before):
+        patch.undo()
         raise Unrecognised("patched check changed the supported quant schemes")
-    return outcome
+
+
+#: What a layer class left alone means for the layer checks.
+_BLIND = "the known bugs are judged without the layers' own values"
+
+
+def watch_layers(
+    layer_class: LayerClass,
+    module: ModuleType,
+    on_built: Callable[[layers.Build], None],
+) -> Outcome:
+    """Make the layers ``layer_class`` builds visible to the layer checks.
+    Never raises."""
+    try:
+        owner = checks.locate_layer_class(layer_class, module)
+    except Unrecognised as exc:
+        return Outcome(layer_class, "unrecognised", f"left alone: {exc}; {_BLIND}")
+    except Exception as exc:
+        return Outcome(
+            layer_class,
+            "failed",
+            f"left alone: probing raised {describe_error(exc)}; {_BLIND}",
+        )
+    if owner is None:
+        return Outcome(layer_class, "absent")
+    if is_ours(vars(owner)["__init__"]):
+        return Outcome(layer_class, "patched", "already patched in this process")
+    try:
+        replacement = patches.layer_constructor(vars(owner)["__init__"], on_built)
+        patch = patches.install(owner, "__init__", replacement, static=False)
+    except Exception as exc:
+        detail = f"left alone: {describe_error(exc)}; {_BLIND}"
+        return Outcome(layer_class, "failed", detail)
+    return Outcome(layer_class, "patched", "layers visible", patch=patch)
 
 
 def accepted_after(outcome: Outcome) -> dict[str, tuple[str, ...]] | None:
-    """What the target now accepts per quant scheme for the layers the
-    decision concerns, or None when its module is not loaded. A guarded
-    ``is_supported_config`` leaves the routing check as it was but refuses the
-    guarded methods (inside the entries' envelopes, or everywhere)."""
+    """What the target's routing check accepts now per quant scheme, or None
+    when its module is not loaded (the layer check refuses some of these for
+    the layers its entries hit: ``Outcome.planned``)."""
+    if not isinstance(outcome.target, Target):
+        return None
     module = sys.modules.get(outcome.target.module)
     if module is None:
         return None
     found = checks.locate(outcome.target, module)
     if found is None:
         return None
-    table = found.accepted()
-    if outcome.patch is not None and "is_supported_config" in outcome.patch.attrs:
-        table = {
-            scheme: tuple(m for m in names if m not in outcome.refused)
-            for scheme, names in table.items()
-        }
-    return table
+    if found.target.owner is None and outcome.patch is not None:
+        # The module function is the layer check itself: ask vLLM's own.
+        original = getattr(found.check, checks.MARKER, found.check)
+        found = RoutingCheck(
+            found.target, module, found.owner, original, found.methods, found.schemes
+        )
+    return found.accepted()
 
 
 def preview(
     target: Target, module: ModuleType, decision: Decision
 ) -> tuple[Outcome, dict[str, tuple[str, ...]] | None]:
-    """What ``apply`` would do to ``target`` and what it would then accept,
-    with vLLM left exactly as it was (``status`` shows it)."""
+    """What ``apply`` would do to ``target`` and what its routing check would
+    then accept, with vLLM left exactly as it was (``status`` shows it)."""
     outcome = apply(target, module, decision)
     try:
         after = accepted_after(outcome) if outcome.before else None

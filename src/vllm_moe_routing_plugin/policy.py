@@ -1,9 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Facts + settings + the known-bug catalogue -> one decision.
+"""Facts + settings + the known-bug catalogue -> decisions.
 
-Pure: imports nothing from vLLM or FlashInfer, and reads only what it is
-handed (``decide``) or what the decision can use (``decide_here``). The
-decision table is the README's ("What the plugin decides").
+Two decisions, both pure: ``decide`` once per process (the README's table,
+"What the plugin decides", and which catalogue entries are in range of this
+install, with the action for each), and ``LayerCheck.judge`` once per MoE
+layer vLLM builds (which in-range entries hit that layer, and so whether its
+fused routing is refused). Imports nothing from vLLM or FlashInfer.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ from .facts import (
     Gpu,
     GpuReading,
 )
+from .layers import LayerFacts
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
 
     Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
-    #: What the plugin does where an entry reaches: refuse, log, or neither.
-    BugAction = Literal["guard", "warn", "none"]
+    #: What the plugin does for the layers an in-range entry hits.
+    BugAction = Literal["guard", "fix", "warn", "ignore"]
+    #: What was done for one entry at one target (a ``fix`` whose backport
+    #: could not be applied there guards instead).
+    Done = Literal["guarded", "fixed", "warned"]
 
 #: Compute capabilities FlashInfer's TRT-LLM-gen MoE kernels ship cubins for
 #: and vLLM's ``_supports_current_device`` accepts (family 100: B200/GB200 are
@@ -37,133 +43,56 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
 SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
 
 
-class Guard:
-    """Which MoE layers the fused kernels must not route, and why.
+class Finding:
+    """One catalogue entry against this install: ``in_range`` when this
+    FlashInfer has it (a bug in vLLM's code is always in range: probing vLLM's
+    code, when its module is imported, decides), and the action for the
+    layers it hits (``hidden_action`` where the layer's deciding values are
+    not visible)."""
 
-    ``bugs`` are the catalogue's entries to guard here; ``forced``
-    (``VLLM_MOE_ROUTING_RENORMALIZE=disable``) refuses Renormalize /
-    RenormalizeNaive for every layer shape as well.
-    """
-
-    __slots__ = ("bugs", "flashinfer", "forced")
+    __slots__ = ("action", "bug", "hidden_action", "in_range")
 
     def __init__(
         self,
-        bugs: tuple[KnownBug, ...],
-        flashinfer: str | None = None,
-        forced: bool = False,
+        bug: KnownBug,
+        in_range: bool,
+        action: BugAction,
+        hidden_action: BugAction | None = None,
     ) -> None:
-        self.bugs = bugs
-        self.flashinfer = flashinfer
-        self.forced = forced
-
-    @property
-    def methods(self) -> tuple[str, ...]:
-        """The routing methods refused for at least some layers."""
-        names = list(RENORMALIZE_METHODS) if self.forced else []
-        for bug in self.bugs:
-            names.extend(m for m in bug.methods if m not in names)
-        return tuple(names)
-
-    def only(self, bugs: tuple[KnownBug, ...]) -> Guard:
-        """The same guard with fewer entries (those reaching one target)."""
-        return Guard(bugs, self.flashinfer, self.forced)
-
-    def _reaching(self, method: str) -> tuple[KnownBug, ...]:
-        return tuple(bug for bug in self.bugs if method in bug.methods)
-
-    def refuses(
-        self, num_experts: int | None, top_k: int | None, method: str = "Renormalize"
-    ) -> bool:
-        if self.forced and method in RENORMALIZE_METHODS:
-            return True
-        for bug in self._reaching(method):
-            if bug.envelope is None or num_experts is None or top_k is None:
-                return True
-            if bug.envelope.contains(num_experts, top_k):
-                return True
-        return False
-
-    def reason(
-        self,
-        num_experts: int | None = None,
-        top_k: int | None = None,
-        method: str = "Renormalize",
-    ) -> str:
-        """The sentence vLLM prints after "does not support the deployment
-        configuration since"."""
-        if self.forced and method in RENORMALIZE_METHODS:
-            methods = "/".join(RENORMALIZE_METHODS)
-            return f"{RENORMALIZE_VAR}=disable refuses in-kernel {methods} routing"
-        shape = (
-            f"{num_experts} experts, top_k {top_k}"
-            if num_experts is not None and top_k is not None
-            else "unknown layer shape"
-        )
-        parts = []
-        for bug in self._reaching(method):
-            if bug.defect is not None:
-                parts.append(
-                    f"FlashInfer's {'/'.join(bug.kernels)} {bug.wrong} for "
-                    f"{method} routing ({bug.id}; this layer: {shape})"
-                )
-                continue
-            where = "" if bug.envelope is None else f" for {bug.envelope}"
-            parts.append(
-                f"FlashInfer {self.flashinfer} {bug.wrong}{where} "
-                f"({bug.id}; fixed in {bug.fixed_in_text}; this layer: {shape})"
-            )
-        return "; ".join(parts)
-
-    def scope_of(self, methods: tuple[str, ...]) -> str:
-        """The layers refused for these methods, in words."""
-        if self.forced and set(methods) <= set(RENORMALIZE_METHODS):
-            return "all shapes"
-        scopes = [
-            bug.scope for bug in self.bugs if any(m in bug.methods for m in methods)
-        ]
-        return "; ".join(dict.fromkeys(scopes)) or "no shape"
-
-    @property
-    def scope(self) -> str:
-        return self.scope_of(RENORMALIZE_METHODS)
-
-
-class Finding:
-    """One catalogue entry against this install, as far as the decision can
-    tell: ``affected`` when this FlashInfer and GPU have it (for a bug in
-    vLLM's code, the GPU alone: probing vLLM's code, when its module is
-    imported, decides), and what the plugin does where it reaches a target."""
-
-    __slots__ = ("action", "affected", "bug")
-
-    def __init__(self, bug: KnownBug, affected: bool, action: BugAction) -> None:
         self.bug = bug
-        self.affected = affected
+        self.in_range = in_range
         self.action = action
+        self.hidden_action = hidden_action or action
 
     def __repr__(self) -> str:
-        return f"Finding({self.bug.id}, {self.affected}, {self.action!r})"
+        return f"Finding({self.bug.id}, {self.in_range}, {self.action!r})"
+
+    @property
+    def acts(self) -> bool:
+        return self.in_range and self.action != "ignore"
 
 
 class Decision:
     """What the plugin does in this process, and why."""
 
-    __slots__ = ("action", "findings", "guard", "notes", "reason")
+    __slots__ = ("action", "findings", "flashinfer", "forced", "notes", "reason")
 
     def __init__(
         self,
         action: Action,
         reason: str,
-        guard: Guard | None = None,
-        notes: tuple[str, ...] = (),
         findings: tuple[Finding, ...] = (),
+        *,
+        flashinfer: str | None = None,  # the FlashInfer version that counts
+        forced: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
+        notes: tuple[str, ...] = (),
     ) -> None:
         self.action = action
         self.reason = reason
-        self.guard = guard
-        self.notes = notes
         self.findings = findings
+        self.flashinfer = flashinfer
+        self.forced = forced
+        self.notes = notes
 
     def __repr__(self) -> str:
         return f"Decision({self.action!r}, {self.reason!r})"
@@ -172,6 +101,142 @@ class Decision:
     def acts(self) -> bool:
         """Whether the decision may change vLLM's routing checks."""
         return self.action in ("enable", "guard")
+
+    @property
+    def acting(self) -> tuple[Finding, ...]:
+        """The in-range entries the plugin does something about."""
+        return tuple(f for f in self.findings if f.acts)
+
+
+class Planned:
+    """One in-range entry at one target: what is done for the layers it hits
+    there, and where their deciding values are hidden."""
+
+    __slots__ = ("bug", "done", "hidden_done")
+
+    def __init__(self, bug: KnownBug, done: Done, hidden_done: Done) -> None:
+        self.bug = bug
+        self.done = done
+        self.hidden_done = hidden_done
+
+    def __repr__(self) -> str:
+        return f"Planned({self.bug.id}, {self.done!r})"
+
+
+class Verdict:
+    """One MoE layer against the entries planned at one target."""
+
+    __slots__ = ("blind", "check", "fixed", "guarded", "layer", "refused", "warned")
+
+    def __init__(self, layer: LayerFacts, check: LayerCheck) -> None:
+        self.layer = layer
+        self.check = check
+        self.refused = False  # the fused routing is refused for this layer
+        self.guarded: list[KnownBug] = []
+        self.fixed: list[KnownBug] = []
+        self.warned: list[KnownBug] = []
+        self.blind: list[KnownBug] = []  # judged without the layer's own values
+
+    def reason(self) -> str:
+        """The sentence vLLM prints after "does not support the deployment
+        configuration since"."""
+        parts = []
+        if self.check.forced and self.layer.method in RENORMALIZE_METHODS:
+            methods = "/".join(RENORMALIZE_METHODS)
+            parts.append(
+                f"{RENORMALIZE_VAR}=disable refuses in-kernel {methods} routing"
+            )
+        for bug in self.guarded:
+            if bug.defect is not None:
+                what = f"FlashInfer's {'/'.join(bug.kernels)} {bug.wrong}"
+                ref = bug.id
+            else:
+                what = f"FlashInfer {self.check.flashinfer} {bug.wrong}"
+                ref = f"{bug.id}; fixed in {bug.fixed_in_text}"
+            parts.append(f"{what} for {bug.layers} ({ref}; this layer: {self.facts()})")
+        return "; ".join(parts)
+
+    def facts(self) -> str:
+        text = self.layer.describe()
+        if self.blind:
+            hidden = sorted({bug.layers.hidden for bug in self.blind})
+            text += f"; its {', '.join(hidden)} not visible here"
+        return text
+
+
+class LayerCheck:
+    """The entries planned at one target, judged for each layer vLLM asks it
+    about (``patches.layer_config_check``, ``patches.layer_routing_function``)."""
+
+    __slots__ = ("_verdicts", "flashinfer", "forced", "methods", "planned")
+
+    def __init__(
+        self,
+        planned: tuple[Planned, ...],
+        forced: bool = False,
+        flashinfer: str | None = None,
+    ) -> None:
+        self.planned = planned
+        self.forced = forced
+        self.flashinfer = flashinfer
+        methods: set[str] = set(RENORMALIZE_METHODS) if forced else set()
+        for plan in planned:
+            methods.update(plan.bug.layers.methods)
+        #: The routing methods some entry here concerns; None: every method.
+        self.methods: frozenset[str] | None = (
+            None
+            if any(not plan.bug.layers.methods for plan in planned)
+            else frozenset(methods)
+        )
+        self._verdicts: dict[LayerFacts, Verdict] = {}
+
+    def __repr__(self) -> str:
+        return f"LayerCheck({self.planned!r}, forced={self.forced})"
+
+    @property
+    def refusing(self) -> tuple[str, ...]:
+        """The routing methods refused for at least some layers."""
+        names = list(RENORMALIZE_METHODS) if self.forced else []
+        for plan in self.planned:
+            if "guarded" in (plan.done, plan.hidden_done):
+                names.extend(m for m in plan.bug.layers.methods if m not in names)
+        return tuple(names)
+
+    def judge(self, layer: LayerFacts) -> Verdict:
+        """Which planned entries hit ``layer``, and whether its fused routing
+        is refused. A layer refused by one entry is not warned about by the
+        others: it leaves the fused routing. One verdict per kind of layer
+        (it follows from the layer's values, and layers of one kind share one
+        ``LayerFacts``: ``layers.facts``; vLLM builds tens of each)."""
+        verdict = self._verdicts.get(layer)
+        if verdict is None:
+            verdict = self._judged(layer)
+            if len(self._verdicts) < 1024:
+                self._verdicts[layer] = verdict
+        return verdict
+
+    def _judged(self, layer: LayerFacts) -> Verdict:
+        verdict = Verdict(layer, self)
+        if self.forced and layer.method in RENORMALIZE_METHODS:
+            verdict.refused = True
+        for plan in self.planned:
+            hit = plan.bug.layers.hits(layer)
+            if hit is False:
+                continue
+            done = plan.done
+            if hit is None:
+                verdict.blind.append(plan.bug)
+                done = plan.hidden_done
+            if done == "guarded":
+                verdict.guarded.append(plan.bug)
+                verdict.refused = True
+            elif done == "fixed":
+                verdict.fixed.append(plan.bug)
+            else:
+                verdict.warned.append(plan.bug)
+        if verdict.refused:
+            verdict.warned = [b for b in verdict.warned if not b.guardable]
+        return verdict
 
 
 def parse_version(text: str | None) -> Version | None:
@@ -264,7 +329,7 @@ def runs_fused_kernels(gpus: tuple[Gpu, ...]) -> bool:
 def _renormalize_bug(bug: KnownBug) -> bool:
     """Whether an entry is about the methods ``VLLM_MOE_ROUTING_RENORMALIZE``
     governs (flashinfer#2822): those follow that variable, not the per-entry one."""
-    return any(m in RENORMALIZE_METHODS for m in bug.methods)
+    return any(m in RENORMALIZE_METHODS for m in bug.layers.methods)
 
 
 def bug_setting_notes(settings: Settings) -> tuple[str, ...]:
@@ -272,16 +337,10 @@ def bug_setting_notes(settings: Settings) -> tuple[str, ...]:
     return _bug_settings(settings)[1]
 
 
-def unaffected_findings() -> tuple[Finding, ...]:
-    """Every entry, none of them affecting this install (a decision that
-    reads no versions: disabled, not applicable, unknown)."""
-    return tuple(Finding(bug, False, "none") for bug in KNOWN_BUGS)
-
-
-def _bug_settings(settings: Settings) -> tuple[dict[str, str], tuple[str, ...]]:
+def _bug_settings(settings: Settings) -> tuple[dict[str, BugAction], tuple[str, ...]]:
     """The per-entry actions the user asked for, and notes on the ones that
     cannot be honoured."""
-    asked: dict[str, str] = {}
+    asked: dict[str, BugAction] = {}
     notes = []
     for bug_id, action in settings.bug_actions:
         bug = by_id(bug_id)
@@ -296,53 +355,42 @@ def _bug_settings(settings: Settings) -> tuple[dict[str, str], tuple[str, ...]]:
                 f"{KNOWN_BUGS_VAR}: {bug_id} cannot be guarded (not a routing bug); "
                 f"it stays {bug.action}"
             )
+        elif action == "fix" and not bug.fixable:
+            notes.append(
+                f"{KNOWN_BUGS_VAR}: {bug_id} has no fix the plugin can apply; "
+                f"it stays {bug.action}"
+            )
         else:
             asked[bug_id] = action
     return asked, tuple(notes)
 
 
-#: What the plugin does for an entry, from the action asked for it.
-_DOES: dict[str, BugAction] = {"guard": "guard", "warn": "warn", "ignore": "none"}
-
-
-def _findings(
-    version: Version | None, renormalize_guarded: bool, asked: Mapping[str, str]
+def findings(
+    version: Version | None,
+    renormalize: BugAction = "guard",
+    asked: Mapping[str, BugAction] | None = None,
 ) -> tuple[Finding, ...]:
-    """Each catalogue entry against this FlashInfer on an SM100/SM103 machine."""
+    """Each catalogue entry against this FlashInfer (``version``; None:
+    unknown) on an SM100/SM103 machine, with the action asked for it."""
+    asked = asked or {}
     found = []
+    release = version.release if version is not None else None
     for bug in KNOWN_BUGS:
-        # A bug in vLLM's code has no FlashInfer range: probing decides.
-        affected = bug.fixed_in is None or (
-            version is not None and bug.reaches_release(version.release)
-        )
-        action: BugAction
         if _renormalize_bug(bug):
-            action = "guard" if renormalize_guarded else "none"
+            found.append(Finding(bug, bug.in_range(release), renormalize))
+        elif bug.id in asked:
+            found.append(Finding(bug, bug.in_range(release), asked[bug.id]))
         else:
-            action = _DOES[asked.get(bug.id, bug.action)]
-        found.append(Finding(bug, affected, action))
+            found.append(
+                Finding(bug, bug.in_range(release), bug.action, bug.hidden_action)
+            )
     return tuple(found)
 
 
-def _acting(
-    action: Action,
-    reason: str,
-    findings: tuple[Finding, ...],
-    flashinfer: str | None,
-    notes: tuple[str, ...],
-    renormalize: tuple[KnownBug, ...] = (),
-    forced: bool = False,
-) -> Decision:
-    """An ``enable`` or ``guard`` decision, guarding the Renormalize entries
-    given and every other affected entry whose action is ``guard``."""
-    others = tuple(
-        f.bug
-        for f in findings
-        if f.affected and f.action == "guard" and not _renormalize_bug(f.bug)
-    )
-    bugs = renormalize + others
-    guard = Guard(bugs, flashinfer, forced) if bugs or forced else None
-    return Decision(action, reason, guard=guard, notes=notes, findings=findings)
+def out_of_range() -> tuple[Finding, ...]:
+    """Every entry, none in range (a decision that reads no versions:
+    disabled, not applicable, unknown)."""
+    return tuple(Finding(bug, False, bug.action) for bug in KNOWN_BUGS)
 
 
 def decide(facts: Facts, settings: Settings) -> Decision:
@@ -368,28 +416,37 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     version, found = _flashinfer_in_use(facts)
     shown = str(version) if version else None
     if settings.renormalize == "enable":
-        findings = _findings(version, False, asked)
         reason = f"forced by {RENORMALIZE_VAR}=enable; {gpus}"
-        return _acting("enable", reason, findings, shown, notes)
+        return Decision(
+            "enable",
+            reason,
+            findings(version, "ignore", asked),
+            flashinfer=shown,
+            notes=notes,
+        )
     if settings.renormalize == "disable":
-        findings = _findings(version, True, asked)
         reason = f"forced by {RENORMALIZE_VAR}=disable; {gpus}"
-        return _acting("guard", reason, findings, shown, notes, forced=True)
+        return Decision(
+            "guard",
+            reason,
+            findings(version, "guard", asked),
+            flashinfer=shown,
+            forced=True,
+            notes=notes,
+        )
     if version is None:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
-    all_renormalize = tuple(bug for bug in KNOWN_BUGS if _renormalize_bug(bug))
-    renormalize = tuple(
-        bug for bug in all_renormalize if bug.reaches_release(version.release)
-    )
-    findings = _findings(version, bool(renormalize), asked)
-    if not renormalize:
-        floor = max(all_renormalize, key=lambda bug: bug.fixed_in or ())
+    found_all = findings(version, "guard", asked)
+    renormalize = [f.bug for f in found_all if _renormalize_bug(f.bug)]
+    reaching = [bug for bug in renormalize if bug.in_range(version.release)]
+    if not reaching:
+        floor = max(renormalize, key=lambda bug: bug.fixed_in or ())
         reason = f"{found} >= {floor.fixed_in_text}; {gpus}"
-        return _acting("enable", reason, findings, shown, notes)
-    floor = max(renormalize, key=lambda bug: bug.fixed_in or ())
-    references = ", ".join(bug.id for bug in renormalize)
+        return Decision("enable", reason, found_all, flashinfer=shown, notes=notes)
+    floor = max(reaching, key=lambda bug: bug.fixed_in or ())
+    references = ", ".join(bug.id for bug in reaching)
     reason = f"{found} < {floor.fixed_in_text} ({references}); {gpus}"
-    return _acting("guard", reason, findings, shown, notes, renormalize)
+    return Decision("guard", reason, found_all, flashinfer=shown, notes=notes)
 
 
 def decide_here(

@@ -83,93 +83,135 @@ class Target:
         return f"{self.module}.{inner}"
 
 
+FP8_MONOLITHIC = Target(
+    f"{FUSED_MOE}.experts.trtllm_fp8_moe",
+    "TrtLlmFp8ExpertsMonolithic",
+    "_supports_routing_method",
+    "method",
+    (FP8_BLOCK, MXFP8, FP8_PER_TENSOR),
+    "0.18-0.33",
+)
+FP8_0_17 = Target(
+    f"{FUSED_MOE}.experts.trtllm_fp8_moe",
+    "TrtLlmFp8Experts",
+    "_supports_routing_method",
+    "method",
+    (FP8_BLOCK, FP8_PER_TENSOR),
+    "0.17",
+)
+BF16_MONOLITHIC = Target(
+    f"{FUSED_MOE}.experts.trtllm_bf16_moe",
+    "TrtLlmBf16ExpertsMonolithic",
+    "_supports_routing_method",
+    "method",
+    (UNQUANTIZED,),
+    "0.26-0.33",
+)
+BF16_0_20 = Target(
+    f"{FUSED_MOE}.experts.trtllm_bf16_moe",
+    "TrtLlmBf16Experts",
+    "_supports_routing_method",
+    "method",
+    (UNQUANTIZED,),
+    "0.20-0.25",
+)
+BF16_FUNCTION = Target(
+    f"{FUSED_MOE}.flashinfer_trtllm_moe",
+    None,
+    "_supports_routing_method_bf16",
+    "function",
+    (UNQUANTIZED,),
+    "0.16-0.19",
+)
+FP8_FUNCTION = Target(
+    f"{FUSED_MOE}.flashinfer_trtllm_moe",
+    None,
+    "_supports_routing_method",
+    "keys-first-function",
+    (FP8_BLOCK, FP8_PER_TENSOR),
+    "0.16",
+)
+# The other fused kernels share the routing code the bugs live in
+# (trtllm_fp4_block_scale_moe for NVFP4 and MXFP4 weights,
+# trtllm_mxint4_block_scale_moe). The LoRA experts (TrtLlmBf16LoRAExperts,
+# TrtLlmMxfp4LoRAExperts) are modular: vLLM routes and calls the pre-routed
+# kernels, which the routing bugs do not reach.
+NVFP4_MONOLITHIC = Target(
+    f"{FUSED_MOE}.experts.trtllm_nvfp4_moe",
+    "TrtLlmNvFp4ExpertsMonolithic",
+    "_supports_routing_method",
+    "method",
+    (NVFP4,),
+    "0.17-0.33",
+)
+NVFP4_FUNCTION = Target(
+    "vllm.model_executor.layers.quantization.utils.flashinfer_fp4_moe",
+    None,
+    "_supports_routing_method",
+    "function",
+    (NVFP4,),
+    "0.15-0.16",
+)
+MXFP4_MONOLITHIC = Target(
+    f"{FUSED_MOE}.experts.trtllm_mxfp4_moe",
+    "TrtLlmMxfp4ExpertsMonolithic",
+    "_supports_routing_method",
+    "method",
+    (MXFP4, MXFP4_MXFP8),
+    "0.19-0.33",
+)
+MXINT4_MONOLITHIC = Target(
+    f"{FUSED_MOE}.experts.trtllm_mxint4_moe",
+    "TrtLlmMxint4ExpertsMonolithic",
+    "_supports_routing_method",
+    "method",
+    (MXINT4,),
+    "0.23-0.33",
+)
+
 TARGETS: tuple[Target, ...] = (
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_fp8_moe",
-        "TrtLlmFp8ExpertsMonolithic",
-        "_supports_routing_method",
-        "method",
-        (FP8_BLOCK, MXFP8, FP8_PER_TENSOR),
-        "0.18-0.33",
-    ),
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_fp8_moe",
-        "TrtLlmFp8Experts",
-        "_supports_routing_method",
-        "method",
-        (FP8_BLOCK, FP8_PER_TENSOR),
-        "0.17",
-    ),
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_bf16_moe",
-        "TrtLlmBf16ExpertsMonolithic",
-        "_supports_routing_method",
-        "method",
-        (UNQUANTIZED,),
-        "0.26-0.33",
-    ),
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_bf16_moe",
-        "TrtLlmBf16Experts",
-        "_supports_routing_method",
-        "method",
-        (UNQUANTIZED,),
-        "0.20-0.25",
-    ),
-    Target(
-        f"{FUSED_MOE}.flashinfer_trtllm_moe",
-        None,
-        "_supports_routing_method_bf16",
-        "function",
-        (UNQUANTIZED,),
-        "0.16-0.19",
-    ),
-    Target(
-        f"{FUSED_MOE}.flashinfer_trtllm_moe",
-        None,
-        "_supports_routing_method",
-        "keys-first-function",
-        (FP8_BLOCK, FP8_PER_TENSOR),
-        "0.16",
-    ),
-    # The other fused kernels share the routing code the bug lives in
-    # (trtllm_fp4_block_scale_moe for NVFP4 and MXFP4 weights,
-    # trtllm_mxint4_block_scale_moe). They accept both methods in every vLLM
-    # release, so only the guard changes them. The LoRA experts
-    # (TrtLlmBf16LoRAExperts, TrtLlmMxfp4LoRAExperts) are modular: vLLM routes
-    # and calls the pre-routed kernels, which the bug does not reach.
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_nvfp4_moe",
-        "TrtLlmNvFp4ExpertsMonolithic",
-        "_supports_routing_method",
-        "method",
-        (NVFP4,),
-        "0.17-0.33",
-    ),
-    Target(
-        "vllm.model_executor.layers.quantization.utils.flashinfer_fp4_moe",
-        None,
-        "_supports_routing_method",
-        "function",
-        (NVFP4,),
-        "0.15-0.16",
-    ),
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_mxfp4_moe",
-        "TrtLlmMxfp4ExpertsMonolithic",
-        "_supports_routing_method",
-        "method",
-        (MXFP4, MXFP4_MXFP8),
-        "0.19-0.33",
-    ),
-    Target(
-        f"{FUSED_MOE}.experts.trtllm_mxint4_moe",
-        "TrtLlmMxint4ExpertsMonolithic",
-        "_supports_routing_method",
-        "method",
-        (MXINT4,),
-        "0.23-0.33",
-    ),
+    FP8_MONOLITHIC,
+    FP8_0_17,
+    BF16_MONOLITHIC,
+    BF16_0_20,
+    BF16_FUNCTION,
+    FP8_FUNCTION,
+    NVFP4_MONOLITHIC,
+    NVFP4_FUNCTION,
+    MXFP4_MONOLITHIC,
+    MXINT4_MONOLITHIC,
+)
+
+
+class LayerClass:
+    """The vLLM class whose constructor builds one MoE layer's experts and,
+    inside it, asks the backend oracle for their kernel (``quant_method``).
+    Its instance holds the layer's routing values before the oracle runs."""
+
+    __slots__ = ("module", "owner", "releases")
+
+    def __init__(self, module: str, owner: str, releases: str) -> None:
+        self.module = module
+        self.owner = owner
+        self.releases = releases  # documentation only
+
+    def __repr__(self) -> str:
+        return f"LayerClass({self.owner})"
+
+    @property
+    def name(self) -> str:
+        return self.owner
+
+    @property
+    def path(self) -> str:
+        return f"{self.module}.{self.owner}"
+
+
+#: Where each vLLM release builds a MoE layer (from 0.24 ``layer.FusedMoE`` is
+#: a factory function that builds a ``RoutedExperts``).
+LAYER_CLASSES: tuple[LayerClass, ...] = (
+    LayerClass(f"{FUSED_MOE}.layer", "FusedMoE", "0.16-0.23"),
+    LayerClass(f"{FUSED_MOE}.routed_experts", "RoutedExperts", "0.24-0.33"),
 )
 
 

@@ -94,8 +94,7 @@ def recommend(
 ) -> Recommendation | None:
     """An install command where the guard stands only because this
     FlashInfer predates a fix and this vLLM's calls bind to the advised one."""
-    guard = decision.guard
-    if decision.action != "guard" or guard is None or guard.forced:
+    if decision.action != "guard" or decision.forced:
         return None
     advice = for_vllm(versions.get(facts.VLLM))
     if advice is None:

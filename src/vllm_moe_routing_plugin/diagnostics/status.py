@@ -78,20 +78,25 @@ class TargetRow:
     detail: str = ""
     before: MethodTable | None = None
     after: MethodTable | None = None
+    layer_check: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclass
 class KnownBugRow:
-    """One catalogue entry against this install."""
+    """One catalogue entry against this install. ``status`` has no layers at
+    hand: whether an entry hits a layer is decided when vLLM builds it."""
 
     id: str
     title: str
-    reaches: bool  # this vLLM x FlashInfer x GPU has it on a path vLLM takes
-    action: str  # what the plugin does here: guard, warn or none
+    layers: str  # the layers it hits, in words
+    affected: str  # its install range, in words
+    in_range: bool  # this FlashInfer (on an SM100/SM103 GPU) has it
+    applies_to: list[str]  # this vLLM's targets where its layers are judged
+    action: str  # what the plugin does for a layer it hits: guard, fix, warn, ignore
+    hidden_action: str  # the same where the layer's deciding values are hidden
     default_action: str  # the entry's own action (VLLM_MOE_ROUTING_KNOWN_BUGS)
     fixed_in: str | None  # the first FlashInfer without it; None: a vLLM bug
     references: list[str]
-    targets: list[str]  # the targets it reaches
     why: str  # why the default action
 
 
@@ -208,6 +213,13 @@ def preview_targets(
         row.state, row.detail = outcome.state, outcome.detail
         row.before = outcome.before or None
         row.after = after if outcome.before else None
+        row.layer_check = [
+            f"{plan.bug.id} {plan.done}: {plan.bug.layers}" for plan in outcome.planned
+        ]
+        if outcome.check is not None and outcome.check.forced:
+            row.layer_check.insert(
+                0, f"{envs.RENORMALIZE_VAR}=disable: every Renormalize layer refused"
+            )
     return rows, outcomes, pending, None
 
 
@@ -220,12 +232,16 @@ def answer(decision: policy.Decision) -> str:
             "this FlashInfer routes them correctly."
         )
     if decision.action == "guard":
-        assert decision.guard is not None
-        if decision.guard.forced:
+        if decision.forced:
             return f"{methods} MoE layers are kept off the fused TRT-LLM kernels."
+        guarded = [
+            str(f.bug.layers)
+            for f in decision.acting
+            if f.action == "guard" and set(f.bug.layers.methods) & set(methods)
+        ]
         return (
-            f"{methods} MoE layers where {decision.guard.scope} are kept off the "
-            "fused TRT-LLM kernels; other layers keep them."
+            f"{'; '.join(guarded)} are kept off the fused TRT-LLM kernels; "
+            "other layers keep them."
         )
     if decision.action == "not-applicable":
         return (
@@ -243,21 +259,29 @@ def answer(decision: policy.Decision) -> str:
 def known_bug_rows(
     decision: policy.Decision, outcomes: Sequence[patching.Outcome]
 ) -> list[KnownBugRow]:
-    """Every catalogue entry, with whether it reaches a target of this vLLM."""
+    """Every catalogue entry: its layers, whether this install is in its
+    range, and the targets of this vLLM where its layers are judged."""
     rows = []
-    for finding in decision.findings or policy.unaffected_findings():
+    for finding in decision.findings or policy.out_of_range():
         bug = finding.bug
-        reached = [o.target.name for o in outcomes if bug.id in o.bugs]
+        applies_to = [
+            o.target.name
+            for o in outcomes
+            if any(plan.bug is bug for plan in o.planned)
+        ]
         rows.append(
             KnownBugRow(
                 id=bug.id,
                 title=bug.title,
-                reaches=bool(reached),
-                action=finding.action if reached else "none",
+                layers=str(bug.layers),
+                affected=bug.affected,
+                in_range=finding.in_range,
+                applies_to=applies_to,
+                action=finding.action,
+                hidden_action=finding.hidden_action,
                 default_action=bug.action,
                 fixed_in=bug.fixed_in_text if bug.fixed_in is not None else None,
                 references=list(bug.references),
-                targets=reached,
                 why=bug.why,
             )
         )
@@ -384,17 +408,20 @@ def render(status: StatusReport) -> str:
         add(f"advice    {status.advice.command}")
         add(f"          {status.advice.reason}")
     add("")
-    add("known bugs (docs/known-bugs.md)")
-    reaching = [b for b in status.known_bugs if b.reaches]
-    width = max((len(b.id) for b in reaching), default=0)
-    for bug in reaching:
-        fixed = f"fixed in {bug.fixed_in}" if bug.fixed_in else "a bug in vLLM's code"
-        targets_reached = ", ".join(bug.targets)
-        add(f"  {bug.id:<{width}}  {bug.action:<5}  reaches {targets_reached}; {fixed}")
+    add("known bugs (each MoE layer is judged when vLLM builds it)")
+    in_range = [b for b in status.known_bugs if b.in_range]
+    width = max((len(b.id) for b in in_range), default=0)
+    for bug in in_range:
+        where = ", ".join(bug.applies_to) or "no target of this vLLM"
+        action = bug.action
+        if bug.hidden_action != bug.action:
+            action += f" ({bug.hidden_action} where the layer's values are hidden)"
+        add(f"  {bug.id:<{width}}  {action}; in range ({bug.affected}); at {where}")
+        add(f"  {'':<{width}}  hits {bug.layers}")
         add(f"  {'':<{width}}  {bug.title}")
-    others = [b.id for b in status.known_bugs if not b.reaches]
+    others = [f"{b.id} ({b.affected})" for b in status.known_bugs if not b.in_range]
     if others:
-        add(f"  not reaching this install: {', '.join(others)}")
+        add(f"  not in range of this install: {', '.join(others)}")
     add("")
     add("targets")
     if status.vllm_problem:
@@ -408,6 +435,8 @@ def render(status: StatusReport) -> str:
         for before, after in pairs:
             add(f"  {'':<{width}}    before {before}")
             add(f"  {'':<{width}}    after  {after}")
+        for planned in row.layer_check:
+            add(f"  {'':<{width}}    layers {planned}")
     if absent:
         add(f"  absent in this vLLM: {', '.join(absent)}")
     add("")
