@@ -41,7 +41,9 @@ and the decision the installed FlashInfer produces; `tests/test_kernel_check.py`
 binds `verify`'s kernel-check arguments to the installed FlashInfer's own
 signatures (its tests that need a CUDA GPU are skipped here). Target states are
 those of the installed FlashInfer's decision: `patched`, `native` (vLLM already
-answers what the decision wants), `-` (absent in that release). The last column
+answers what the decision wants), `-` (absent in that release). `layer class` is the
+class whose MoE layers the plugin makes visible to its layer checks, recognised in
+that release (`FusedMoE` or `RoutedExperts`). The last column
 names the known bugs (docs/known-bugs.md) in range of the install with an SM100
 GPU and planned at its targets (where vLLM's own routing checks let the bug's
 methods in), and what the plugin does for each MoE layer a bug hits.
@@ -60,7 +62,10 @@ def render(rows: list[dict]) -> str:
         INTRO,
     ]
     present = [t for t in TARGET_ORDER if any(f"installed:{t}" in r for r in rows)]
-    header = ["vLLM", "flashinfer-python", "action", *present, "tests", "known bugs"]
+    header = [
+        "vLLM", "flashinfer-python", "action", *present, "layer class", "tests",
+        "known bugs",
+    ]  # fmt: skip
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "---|" * len(header))
     for row in rows:
@@ -69,6 +74,7 @@ def render(rows: list[dict]) -> str:
             row.get("flashinfer") or "?",
             row.get("action") or "?",
             *[_state(row.get(f"installed:{t}")) for t in present],
+            row.get("layer_class") or "?",
             _tests(row),
             ", ".join(row.get("known_bugs") or []) or "none",
         ]

@@ -22,7 +22,7 @@ import pytest
 from packaging.version import Version
 
 from support import FLASHINFER, VLLM, versions
-from vllm_moe_routing_plugin import activation, bugs, checks, targets
+from vllm_moe_routing_plugin import activation, bugs, checks, patching, targets
 from vllm_moe_routing_plugin.envs import KNOWN_BUGS_VAR
 from vllm_support import BOTH, SM100, import_target_modules, methods
 
@@ -200,3 +200,39 @@ def test_installed_flashinfer_decides():
         }
         | {f"installed:{o.target.name}": o.state for o in current.outcomes.values()}
     )
+
+
+#: Where each release builds a MoE layer (``scripts/layer_evidence.py``).
+LAYER_CLASS = {
+    release: "FusedMoE" if Version(release) < Version("0.24") else "RoutedExperts"
+    for release in RELEASES
+}
+
+
+def test_the_layer_class_is_recognised():
+    """Every release's layer class sets the values the layer checks read
+    before asking its oracle for the kernel: the plugin watches it, and only
+    it (from vLLM 0.24 ``layer.FusedMoE`` is a factory function)."""
+    import importlib
+
+    import vllm  # noqa: F401 - vllm_has_module looks in the imported package
+
+    from vllm_moe_routing_plugin.vllm_source import vllm_has_module
+
+    outcomes = {}
+    for layer_class in targets.LAYER_CLASSES:
+        if not vllm_has_module(layer_class.module):
+            continue
+        module = importlib.import_module(layer_class.module)
+        outcome = patching.watch_layers(layer_class, module, lambda build: None)
+        outcomes[layer_class.owner] = outcome.state
+        if outcome.patch is not None:
+            outcome.patch.undo()
+    expected = LAYER_CLASS[VLLM]
+    assert outcomes[expected] == "patched", outcomes
+    assert {k: v for k, v in outcomes.items() if k != expected} in (
+        {},
+        {"FusedMoE": "absent"},
+        {"RoutedExperts": "absent"},
+    ), outcomes
+    record({"layer_class": expected})

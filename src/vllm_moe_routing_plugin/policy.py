@@ -193,19 +193,9 @@ class LayerCheck:
     def __repr__(self) -> str:
         return f"LayerCheck({self.planned!r}, forced={self.forced})"
 
-    @property
-    def refusing(self) -> tuple[str, ...]:
-        """The routing methods refused for at least some layers."""
-        names = list(RENORMALIZE_METHODS) if self.forced else []
-        for plan in self.planned:
-            if "guarded" in (plan.done, plan.hidden_done):
-                names.extend(m for m in plan.bug.layers.methods if m not in names)
-        return tuple(names)
-
     def judge(self, layer: LayerFacts) -> Verdict:
         """Which planned entries hit ``layer``, and whether its fused routing
-        is refused. A layer refused by one entry is not warned about by the
-        others: it leaves the fused routing. One verdict per kind of layer
+        is refused. One verdict per kind of layer
         (it follows from the layer's values, and layers of one kind share one
         ``LayerFacts``: ``layers.facts``; vLLM builds tens of each)."""
         verdict = self._verdicts.get(layer)
@@ -234,8 +224,6 @@ class LayerCheck:
                 verdict.fixed.append(plan.bug)
             else:
                 verdict.warned.append(plan.bug)
-        if verdict.refused:
-            verdict.warned = [b for b in verdict.warned if not b.guardable]
         return verdict
 
 
@@ -438,13 +426,13 @@ def decide(facts: Facts, settings: Settings) -> Decision:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
     found_all = findings(version, "guard", asked)
     renormalize = [f.bug for f in found_all if _renormalize_bug(f.bug)]
-    reaching = [bug for bug in renormalize if bug.in_range(version.release)]
-    if not reaching:
+    in_range = [bug for bug in renormalize if bug.in_range(version.release)]
+    if not in_range:
         floor = max(renormalize, key=lambda bug: bug.fixed_in or ())
         reason = f"{found} >= {floor.fixed_in_text}; {gpus}"
         return Decision("enable", reason, found_all, flashinfer=shown, notes=notes)
-    floor = max(reaching, key=lambda bug: bug.fixed_in or ())
-    references = ", ".join(bug.id for bug in reaching)
+    floor = max(in_range, key=lambda bug: bug.fixed_in or ())
+    references = ", ".join(bug.id for bug in in_range)
     reason = f"{found} < {floor.fixed_in_text} ({references}); {gpus}"
     return Decision("guard", reason, found_all, flashinfer=shown, notes=notes)
 
