@@ -8,6 +8,7 @@ the layer being built is a stand-in object with the attributes vLLM's layer
 classes set: tests/test_layers.py proves the same on real vLLM layers."""
 
 import enum
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -504,3 +505,25 @@ def test_known_bugs_doc_has_a_section_per_entry():
     text = KNOWN_BUGS_DOC.read_text(encoding="utf-8")
     for bug in bugs.KNOWN_BUGS:
         assert f"## {bug.id}:" in text, bug.id
+
+
+def test_a_failing_layer_check_leaves_vllms_answer_and_warns_once(monkeypatch, records):
+    """The layer check runs inside vLLM's backend selection: an error there
+    must not stop vLLM from building the model."""
+    cls = type("Experts", (SigmoidExperts,), {})
+    decision = deciding(entry(bugs.FLASHINFER_3499), flashinfer="0.6.11.post2")
+    outcome = patching.apply(STAND_IN_TARGET, stand_in_module(cls, Routing), decision)
+
+    def broken(self, layer):
+        raise RuntimeError("a future vLLM's layer")
+
+    monkeypatch.setattr(policy.LayerCheck, "judge", broken)
+    step = being_built(288, scale=3.0)
+    for _ in range(3):
+        assert ask(cls, "MiniMax2", step, 288)[0] == (True, None)  # vLLM's answer
+    warnings = [w for w in records.lines(logging.WARNING) if "layer check" in w]
+    assert warnings == [
+        "moe_routing: the layer check of Experts failed (RuntimeError: a future "
+        "vLLM's layer); vLLM's own answer stands for its layers"
+    ]
+    outcome.patch.undo()

@@ -190,13 +190,16 @@ def test_installed_flashinfer_decides():
             "flashinfer": FLASHINFER,
             "action": action,
             "line": line,
-            "known_bugs": list(
-                dict.fromkeys(
-                    f"{plan.bug.id} {plan.done}"
+            "known_bugs": [
+                f"{bug.id} {done}"
+                for bug in bugs.KNOWN_BUGS
+                for done in dict.fromkeys(
+                    plan.done
                     for outcome in current.outcomes.values()
                     for plan in outcome.planned
+                    if plan.bug is bug
                 )
-            ),
+            ],
         }
         | {f"installed:{o.target.name}": o.state for o in current.outcomes.values()}
     )

@@ -26,12 +26,16 @@ which replacement a target gets, verifies it and reports it.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
+import logging
 from collections.abc import Callable
 from typing import Any
 
 from . import layers
+from .about import LOGGER, PLUGIN
 from .checks import MARKER, Unrecognised, caller
+from .errors import describe_error
 from .policy import LayerCheck, Verdict
 from .targets import Target
 
@@ -82,18 +86,38 @@ def _refused(
 ) -> Verdict | None:
     """The verdict on the layer being built, kept with it (``layers.Build``),
     where an entry planned here concerns its routing method; returned where
-    it refuses the layer."""
-    name = _NAMES.get(method)
-    if name is None:
-        name = _NAMES.setdefault(method, getattr(method, "name", None))
-    if check.methods is not None and name not in check.methods:
+    it refuses the layer. Runs inside vLLM's backend selection, so it never
+    raises: a failure leaves vLLM's own answer, with one WARNING."""
+    try:
+        name = _NAMES.get(method)
+        if name is None:
+            name = _NAMES.setdefault(method, getattr(method, "name", None))
+        if check.methods is not None and name not in check.methods:
+            return None
+        build = layers.being_built()
+        facts = layers.facts(build, name, scheme_of(*keys), num_experts, top_k)
+        verdict = check.judge(facts)
+        if build is not None:
+            build.verdicts.append((target, verdict))
+        return verdict if verdict.refused else None
+    except Exception as exc:
+        _failed(target, check, exc)
         return None
-    build = layers.being_built()
-    facts = layers.facts(build, name, scheme_of(*keys), num_experts, top_k)
-    verdict = check.judge(facts)
-    if build is not None:
-        build.verdicts.append((target, verdict))
-    return verdict if verdict.refused else None
+
+
+def _failed(target: Target, check: LayerCheck, error: Exception) -> None:
+    """One WARNING per layer check that failed; never raises."""
+    if check.failed:
+        return
+    check.failed = True
+    with contextlib.suppress(Exception):
+        logging.getLogger(LOGGER).warning(
+            "%s: the layer check of %s failed (%s); vLLM's own answer stands "
+            "for its layers",
+            PLUGIN,
+            target.name,
+            describe_error(error),
+        )
 
 
 def layer_config_check(

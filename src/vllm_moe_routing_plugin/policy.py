@@ -168,7 +168,7 @@ class LayerCheck:
     """The entries planned at one target, judged for each layer vLLM asks it
     about (``patches.layer_config_check``, ``patches.layer_routing_function``)."""
 
-    __slots__ = ("_verdicts", "flashinfer", "forced", "methods", "planned")
+    __slots__ = ("_verdicts", "failed", "flashinfer", "forced", "methods", "planned")
 
     def __init__(
         self,
@@ -189,6 +189,7 @@ class LayerCheck:
             else frozenset(methods)
         )
         self._verdicts: dict[LayerFacts, Verdict] = {}
+        self.failed = False  # judging raised once (``patches`` warned)
 
     def __repr__(self) -> str:
         return f"LayerCheck({self.planned!r}, forced={self.forced})"
