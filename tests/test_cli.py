@@ -325,6 +325,55 @@ def test_a_reader_that_leaves_early_ends_the_command_quietly(args):
     assert (process.wait(timeout=300), stderr) == (cli.CLOSED_STDOUT, "")
 
 
+def test_settings_are_shown_as_the_user_writes_them():
+    result = command(
+        "status",
+        "--no-targets",
+        env={
+            "VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0, 10.3",
+            "VLLM_MOE_ROUTING_KNOWN_BUGS": "flashinfer#3946=guard,flashinfer#4237=of",
+            "VLLM_MOE_ROUTING_PLUGIN_DISABLE": "",
+            "VLLM_MOE_ROUTING_RENORMALIZE": "",
+        },
+    )
+    lines = result.stdout.splitlines()
+    start = lines.index("settings")
+    assert lines[start + 1 : start + 5] == [
+        "  VLLM_MOE_ROUTING_PLUGIN_DISABLE     '' -> 0",
+        "  VLLM_MOE_ROUTING_RENORMALIZE        '' -> auto",
+        "  VLLM_MOE_ROUTING_DEVICE_CAPABILITY  '10.0, 10.3' -> 10.0,10.3",
+        "  VLLM_MOE_ROUTING_KNOWN_BUGS         "
+        "'flashinfer#3946=guard,flashinfer#4237=of' -> flashinfer#3946=guard  "
+        "INVALID, used as shown (see problem)",
+    ]
+    assert (
+        "problem   VLLM_MOE_ROUTING_KNOWN_BUGS: item 'flashinfer#4237=of' is not "
+        "valid (the action must be guard, fix, warn or ignore); it is skipped, the "
+        "other items apply"
+    ) in lines
+    assert result.returncode == 1
+
+
+def test_an_unreadable_off_switch_reports_the_plugin_disabled():
+    result = command(
+        "status", "--json", "--no-targets", env={"VLLM_MOE_ROUTING_PLUGIN_DISABLE": "y"}
+    )
+    data = json.loads(result.stdout)
+    assert (result.returncode, data["action"], data["reason"]) == (
+        1,
+        "disabled",
+        "VLLM_MOE_ROUTING_PLUGIN_DISABLE='y', taken as 1",
+    )
+
+
+def test_the_guard_answer_names_the_layers_kept_off():
+    result = command("--capability", "10.0", "--flashinfer", "0.6.6", "--no-targets")
+    assert result.stdout.splitlines()[0] == (
+        "Renormalize/RenormalizeNaive layers with 128 < experts <= 512 and top_k < 10 "
+        "are kept off the fused TRT-LLM kernels; other layers keep them."
+    )
+
+
 @pytest.mark.vllm(">=0.16")
 def test_vllms_import_noise_stays_out_of_the_report():
     """vLLM logs ``Failed to import from vllm._C`` (no GPU here) and Triton
