@@ -5,7 +5,8 @@
 Exit codes: ``status`` 0 when the plugin will load and act as reported, 1
 when something stops it (its ``problems``); ``verify`` 0 pass, 1 mismatch,
 2 nothing could run here; ``bindings`` 0 when every reference of vLLM's
-fused-MoE code binds, 1 when one does not, 2 when vLLM or FlashInfer is not
+fused-MoE code binds and every routing method a served model can use means
+the same to FlashInfer, 1 when not, 2 when vLLM or FlashInfer is not
 installed; 2 for a usage error (argparse); 141 when the reader of stdout
 went away before the report was written (``| head``).
 """
