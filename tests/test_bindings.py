@@ -250,3 +250,146 @@ def test_the_command_prints_the_report_and_exits_by_it(capsys):
     else:  # FlashInfer does not import here: said once, nothing bound
         assert report["moe"]["calls"] == 0
         assert code == 1
+
+
+CHECKS_TREE = {
+    "model_executor/layers/fused_moe/config.py": """
+        class RoutingMethodType(IntEnum):
+            DeepSeekV3 = (2,)
+            Custom = (6,)
+            Simulated = (7,)
+            Unspecified = 8.0
+    """,
+    "model_executor/layers/fused_moe/experts/trtllm_fp8_moe.py": """
+        class TrtLlmFp8ExpertsMonolithic:
+            @staticmethod
+            def _supports_routing_method(routing_method, weight_key, activation_key):
+                return routing_method in [
+                    RoutingMethodType.DeepSeekV3,
+                    RoutingMethodType.Simulated,
+                ]
+    """,
+    "model_executor/layers/quantization/utils/flashinfer_fp4_moe.py": """
+        from vllm.model_executor.layers.fused_moe import config
+        def _supports_routing_method(routing_method):
+            return routing_method in [config.RoutingMethodType.Custom]
+    """,
+}
+
+
+def test_each_routing_number_named_differently_says_whether_it_matters(tmp_path):
+    """A number FlashInfer names differently matters only where one of vLLM's
+    routing checks of the fused kernels lets a layer routed so onto
+    FlashInfer's in-kernel routing; the routing simulator is a testing aid."""
+    checks = bindings.accepted_routing_methods(tree(tmp_path, CHECKS_TREE))
+    assert checks == {
+        "TrtLlmFp8ExpertsMonolithic": {"DeepSeekV3", "Simulated"},
+        "flashinfer_fp4_moe._supports_routing_method": {"Custom"},
+    }
+    judged = [
+        bindings.judge(bindings.EnumMeaning(value, vllm, flashinfer), checks)
+        for value, vllm, flashinfer in [
+            (2, "DeepSeekV3", "DeepSeekV3"),
+            (6, "Custom", "SigmoidRenorm"),
+            (7, "Simulated", "MiniMax2"),
+            (8, "Unspecified", None),
+        ]
+    ]
+    assert [(m.matters, m.accepted_by, m.why) for m in judged] == [
+        (False, (), ""),
+        (
+            True,
+            ("flashinfer_fp4_moe._supports_routing_method",),
+            "MATTERS: flashinfer_fp4_moe._supports_routing_method accepts Custom, "
+            "so a layer routed so reaches FlashInfer's in-kernel routing, and "
+            "FlashInfer routes such a layer as SigmoidRenorm, not as Custom: "
+            "wrong experts",
+        ),
+        (
+            False,
+            ("TrtLlmFp8ExpertsMonolithic",),
+            "matters only for testing: TrtLlmFp8ExpertsMonolithic accepts "
+            "Simulated, which only vLLM's routing simulator "
+            "(VLLM_MOE_ROUTING_SIMULATION_STRATEGY, a testing aid) gives a layer; "
+            "FlashInfer routes such a layer as MiniMax2, not as Simulated",
+        ),
+        (
+            False,
+            (),
+            "does not matter: no routing check of vLLM's fused TRT-LLM kernels "
+            "accepts Unspecified, so a layer routed so never reaches FlashInfer's "
+            "in-kernel routing (vLLM routes it before the kernel, or picks another "
+            "kernel)",
+        ),
+    ]
+    report = bindings.Report("0.19.1", "0.6.8.post1", routing_methods=judged)
+    assert not report.ok
+    assert bindings.exit_status(report) == 1  # a served model would be misrouted
+    assert bindings.render(report).splitlines()[-7:] == [
+        "  routing-method numbers vLLM passes that FlashInfer names differently:",
+        "    6: vLLM Custom, FlashInfer SigmoidRenorm",
+        f"       {judged[1].why}",
+        "    7: vLLM Simulated, FlashInfer MiniMax2",
+        f"       {judged[2].why}",
+        "    8: vLLM Unspecified, FlashInfer (none)",
+        f"       {judged[3].why}",
+    ]
+    report.routing_methods = [judged[0], judged[2], judged[3]]
+    assert report.ok
+
+
+def test_without_vllm_the_text_says_what_is_missing(capsys):
+    if bindings.vllm_root() is not None:
+        pytest.skip("vLLM is installed here")
+    flashinfer = facts.installed_version(facts.FLASHINFER)
+    assert cli.main(["bindings"]) == 2
+    assert capsys.readouterr().out.splitlines() == [
+        "Nothing checked: vLLM is not installed in this environment"
+        + (f" (flashinfer-python {flashinfer} is)." if flashinfer else "."),
+        "This check binds the installed vLLM's calls into FlashInfer to the installed "
+        "FlashInfer: run it where both are installed, the way you serve.",
+    ]
+
+
+#: What ``bindings`` says about the routing numbers vLLM 0.19.1 and each
+#: FlashInfer name differently (vLLM's checks accept Simulated, not Custom).
+SIMULATED_019 = (
+    "matters only for testing: TrtLlmFp8ExpertsMonolithic, "
+    "TrtLlmNvFp4ExpertsMonolithic accept Simulated, which only vLLM's routing "
+    "simulator (VLLM_MOE_ROUTING_SIMULATION_STRATEGY, a testing aid) gives a layer; "
+)
+NEVER_READ = (
+    "does not matter: no routing check of vLLM's fused TRT-LLM kernels accepts "
+    "{}, so a layer routed so never reaches FlashInfer's in-kernel routing (vLLM "
+    "routes it before the kernel, or picks another kernel)"
+)
+ROUTING_LINES_019 = {
+    "0.6.8.post1": [
+        "    6: vLLM Custom, FlashInfer SigmoidRenorm",
+        "       " + NEVER_READ.format("Custom"),
+        "    7: vLLM Simulated, FlashInfer MiniMax2",
+        "       " + SIMULATED_019 + "FlashInfer routes such a layer as MiniMax2, "
+        "not as Simulated",
+    ],
+    "0.6.6": [
+        "    6: vLLM Custom, FlashInfer Unspecified",
+        "       " + NEVER_READ.format("Custom"),
+        "    7: vLLM Simulated, FlashInfer (none)",
+        "       " + SIMULATED_019 + "FlashInfer knows no routing method 7",
+        "    8: vLLM Unspecified, FlashInfer (none)",
+        "       " + NEVER_READ.format("Unspecified"),
+    ],
+}
+
+
+@pytest.mark.vllm("==0.19.1")
+def test_the_installed_routing_numbers_say_whether_they_matter(capsys):
+    installed = facts.installed_version(facts.FLASHINFER)
+    if installed not in ROUTING_LINES_019:
+        pytest.skip(f"no expectation for FlashInfer {installed}")
+    assert cli.main(["bindings"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    start = lines.index(
+        "  routing-method numbers vLLM passes that FlashInfer names differently:"
+    )
+    assert lines[start + 1 :] == ROUTING_LINES_019[installed]

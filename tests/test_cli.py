@@ -2,13 +2,14 @@
 """``vllm-moe-routing status`` in a fresh process of this environment."""
 
 import json
+import os
 import subprocess
 import sys
 
 import pytest
 
 from support import FLASHINFER, VLLM
-from vllm_moe_routing_plugin.diagnostics import advice, cli
+from vllm_moe_routing_plugin.diagnostics import advice, cli, verify
 from vllm_moe_routing_plugin.diagnostics import status as status_report
 
 
@@ -227,3 +228,188 @@ def test_pin_notes():
     assert status_report.pin_notes(
         {"flashinfer-python": "0.6.6"}, {"flashinfer-python": "==0.7.2.post1"}
     ) == ["flashinfer-python 0.6.6 is older than vLLM's pin ==0.7.2.post1"]
+
+
+def command(*args, env=None, stderr=subprocess.PIPE):
+    """``vllm-moe-routing ARGS`` in a fresh process of this environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "vllm_moe_routing_plugin", *args],
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--json", "--capability", "10.0", "--flashinfer", "0.6.6", "status"],
+        ["status", "--json", "--capability", "10.0", "--flashinfer", "0.6.6"],
+        ["--json", "--capability", "10.0", "status", "--flashinfer", "0.6.6"],
+        ["--json", "--capability", "10.0", "--flashinfer", "0.6.6"],
+    ],
+)
+def test_options_count_before_and_after_the_command(args):
+    result = command(*args, "--no-targets")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert (data["action"], data["assumed"]) == ("guard", ["gpus", "flashinfer-python"])
+    assert data["reason"] == (
+        "flashinfer-python 0.6.6 < 0.6.7 (flashinfer#2822); GPU 0 sm_100"
+    )
+
+
+@pytest.mark.parametrize("args", [["--json", "verify"], ["verify", "--json"]])
+def test_json_before_or_after_verify_is_honoured(args, capsys):
+    code = cli.main(args)
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"gpus", "probe", "kernel", "verdict"}
+    assert code == verify.verify_exit(result)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["--capability", "10.0", "verify"],
+            "--capability applies to status only, not verify",
+        ),
+        (
+            ["--no-targets", "--flashinfer", "0.6.7", "bindings"],
+            "--flashinfer, --no-targets applies to status only, not bindings",
+        ),
+    ],
+)
+def test_status_options_with_another_command_are_a_usage_error(args, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(args)
+    assert exited.value.code == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"vllm-moe-routing: error: {message}"
+    )
+
+
+def test_version():
+    from vllm_moe_routing_plugin import __version__
+
+    result = command("--version")
+    assert (result.returncode, result.stdout, result.stderr) == (
+        0,
+        f"vllm-moe-routing {__version__}\n",
+        "",
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["verify", "--json"],
+        ["status", "--json", "--capability", "10.0", "--no-targets"],
+        ["status", "--capability", "10.0", "--no-targets"],
+    ],
+)
+def test_a_reader_that_leaves_early_ends_the_command_quietly(args):
+    """``vllm-moe-routing verify --json | head -c1``: the reader is gone
+    before the report is written (here: before the process starts)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vllm_moe_routing_plugin", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()
+    stderr = process.stderr.read()
+    assert (process.wait(timeout=300), stderr) == (cli.CLOSED_STDOUT, "")
+
+
+def test_settings_are_shown_as_the_user_writes_them():
+    result = command(
+        "status",
+        "--no-targets",
+        env={
+            "VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0, 10.3",
+            "VLLM_MOE_ROUTING_KNOWN_BUGS": "flashinfer#3946=guard,flashinfer#4237=of",
+            "VLLM_MOE_ROUTING_PLUGIN_DISABLE": "",
+            "VLLM_MOE_ROUTING_RENORMALIZE": "",
+        },
+    )
+    lines = result.stdout.splitlines()
+    start = lines.index("settings")
+    assert lines[start + 1 : start + 5] == [
+        "  VLLM_MOE_ROUTING_PLUGIN_DISABLE     '' -> 0",
+        "  VLLM_MOE_ROUTING_RENORMALIZE        '' -> auto",
+        "  VLLM_MOE_ROUTING_DEVICE_CAPABILITY  '10.0, 10.3' -> 10.0,10.3",
+        "  VLLM_MOE_ROUTING_KNOWN_BUGS         "
+        "'flashinfer#3946=guard,flashinfer#4237=of' -> flashinfer#3946=guard  "
+        "INVALID, used as shown (see problem)",
+    ]
+    assert (
+        "problem   VLLM_MOE_ROUTING_KNOWN_BUGS: item 'flashinfer#4237=of' is not "
+        "valid (the action must be guard, fix, warn or ignore); it is skipped, the "
+        "other items apply"
+    ) in lines
+    assert result.returncode == 1
+
+
+def test_an_unreadable_off_switch_reports_the_plugin_disabled():
+    result = command(
+        "status", "--json", "--no-targets", env={"VLLM_MOE_ROUTING_PLUGIN_DISABLE": "y"}
+    )
+    data = json.loads(result.stdout)
+    assert (result.returncode, data["action"], data["reason"]) == (
+        1,
+        "disabled",
+        "VLLM_MOE_ROUTING_PLUGIN_DISABLE='y', taken as 1",
+    )
+
+
+def test_the_guard_answer_names_the_layers_kept_off():
+    result = command("--capability", "10.0", "--flashinfer", "0.6.6", "--no-targets")
+    assert result.stdout.splitlines()[0] == (
+        "Renormalize/RenormalizeNaive layers with 128 < experts <= 512 and top_k < 10 "
+        "are kept off the fused TRT-LLM kernels; other layers keep them."
+    )
+
+
+@pytest.mark.vllm(">=0.16")
+def test_vllms_import_noise_stays_out_of_the_report():
+    """vLLM logs ``Failed to import from vllm._C`` (no GPU here) and Triton
+    notes while its modules load; neither belongs to the report, and stderr
+    gets no progress note when it is not a terminal."""
+    result = command("status", "--capability", "9.0")
+    assert (result.returncode, result.stderr) == (0, "")
+    assert result.stdout.splitlines()[0] == (
+        "vLLM does not use the TRT-LLM MoE kernels here; the plugin changes nothing."
+    )
+
+
+@pytest.mark.vllm(">=0.16")
+def test_a_terminal_gets_a_note_while_vllm_loads():
+    import pty
+
+    primary, secondary = pty.openpty()
+    try:
+        result = command("status", "--capability", "9.0", stderr=secondary)
+        os.close(secondary)
+        secondary = -1
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # EIO: the terminal's other end is closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+    finally:
+        os.close(primary)
+        if secondary != -1:
+            os.close(secondary)
+    assert result.returncode == 0
+    assert seen.decode() == (
+        "vllm-moe-routing: importing vLLM's fused-MoE modules to ask their routing "
+        "checks ...\r\n"
+    )

@@ -17,12 +17,29 @@ def test_disable_accepts_false_spellings(raw):
 
 
 def test_invalid_value_names_variable_and_value_and_uses_default():
-    config = envs.read({envs.DISABLE_VAR: "maybe", envs.RENORMALIZE_VAR: "force"})
-    assert config.disabled is False
+    config = envs.read({envs.RENORMALIZE_VAR: "force", envs.DEVICE_CAPABILITY_VAR: "x"})
     assert config.renormalize == "auto"
-    assert len(config.problems) == 2
-    assert "VLLM_MOE_ROUTING_PLUGIN_DISABLE='maybe'" in config.problems[0]
-    assert "VLLM_MOE_ROUTING_RENORMALIZE='force'" in config.problems[1]
+    assert config.capabilities is None
+    assert config.problems == (
+        "VLLM_MOE_ROUTING_RENORMALIZE='force' is not valid "
+        "(expected auto, enable or disable); using the default auto",
+        "VLLM_MOE_ROUTING_DEVICE_CAPABILITY='x' is not valid (expected a "
+        "comma-separated list of major.minor capabilities, e.g. 10.0 or 10.0,10.0); "
+        "using the default (NVML)",
+    )
+
+
+@pytest.mark.parametrize("raw", ["y", "maybe", "disable", "2"])
+def test_an_unreadable_off_switch_disables_and_says_which_words_mean_what(raw):
+    """Whoever sets the off switch means to switch something off: a value it
+    cannot read must not leave the plugin acting."""
+    config = envs.read({envs.DISABLE_VAR: raw})
+    assert config.disabled is True
+    assert config.problems == (
+        f"VLLM_MOE_ROUTING_PLUGIN_DISABLE={raw!r} is not valid (1/true/yes/on mean "
+        "on, 0/false/no/off mean off, in any case); taken as on: the plugin is "
+        "disabled, since an off switch set to a value it cannot read is taken as set",
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,10 +90,6 @@ def test_defaults_when_unset():
             " FlashInfer#3946 = GUARD , vllm#43769=ignore,",
             (("flashinfer#3946", "guard"), ("vllm#43769", "ignore")),
         ),
-        (
-            "flashinfer#3946=warn,flashinfer#3946=ignore",
-            (("flashinfer#3946", "ignore"),),
-        ),
         (" , ", ()),
     ],
 )
@@ -89,10 +102,10 @@ def test_bug_actions(raw, value):
 @pytest.mark.parametrize(
     ("raw", "problem"),
     [
-        ("flashinfer#3946", "expected a comma-separated list"),
-        ("3946=guard", "expected a comma-separated list"),
-        ("flashinfer#=guard", "expected a comma-separated list"),
-        ("flashinfer#3946=off", "flashinfer#3946: expected guard, fix, warn or ignore"),
+        ("flashinfer#3946", "expected <project>#<number>=guard|fix|warn|ignore"),
+        ("3946=guard", "expected <project>#<number>=guard|fix|warn|ignore"),
+        ("flashinfer#=guard", "expected <project>#<number>=guard|fix|warn|ignore"),
+        ("flashinfer#3946=off", "the action must be guard, fix, warn or ignore"),
         ("flashinfer#\u0663=guard", "ASCII"),  # an Arabic-Indic digit
     ],
 )
@@ -100,6 +113,69 @@ def test_bug_actions_rejected(raw, problem):
     config = envs.read({envs.KNOWN_BUGS_VAR: raw})
     assert config.bug_actions == ()
     assert len(config.problems) == 1
-    assert envs.KNOWN_BUGS_VAR in config.problems[0]
+    assert config.problems[0].startswith(f"VLLM_MOE_ROUTING_KNOWN_BUGS: item {raw!r}")
     assert problem in config.problems[0]
-    assert "(each entry's own action)" in config.problems[0]
+    assert config.problems[0].endswith(
+        "it is skipped, no valid item is left, so each entry keeps its own action"
+    )
+
+
+def test_one_invalid_bug_action_keeps_the_valid_ones_and_names_each_invalid_item():
+    config = envs.read(
+        {
+            envs.KNOWN_BUGS_VAR: "flashinfer#3803=guard,flashinfer#4237=of,"
+            "flashinfer#4486,vllm#43769=ignore"
+        }
+    )
+    assert config.bug_actions == (
+        ("flashinfer#3803", "guard"),
+        ("vllm#43769", "ignore"),
+    )
+    assert config.problems == (
+        "VLLM_MOE_ROUTING_KNOWN_BUGS: item 'flashinfer#4237=of' is not valid (the "
+        "action must be guard, fix, warn or ignore); it is skipped, the other items "
+        "apply",
+        "VLLM_MOE_ROUTING_KNOWN_BUGS: item 'flashinfer#4486' is not valid (expected "
+        "<project>#<number>=guard|fix|warn|ignore, e.g. flashinfer#3946=guard); it is "
+        "skipped, the other items apply",
+    )
+    reading = config.readings[-1]
+    assert (reading.valid, envs.show(reading.name, reading.value)) == (
+        False,
+        "flashinfer#3803=guard,vllm#43769=ignore",
+    )
+
+
+def test_a_repeated_bug_id_takes_its_last_action_and_is_reported():
+    config = envs.read(
+        {
+            envs.KNOWN_BUGS_VAR: "flashinfer#3946=warn,flashinfer#4237=ignore,"
+            "FlashInfer#3946=guard"
+        }
+    )
+    assert config.bug_actions == (
+        ("flashinfer#3946", "guard"),
+        ("flashinfer#4237", "ignore"),
+    )
+    assert config.problems == (
+        "VLLM_MOE_ROUTING_KNOWN_BUGS: flashinfer#3946 is given twice (warn, then "
+        "guard); the last, flashinfer#3946=guard, applies",
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "raw", "shown"),
+    [
+        (envs.DISABLE_VAR, "yes", "1"),
+        (envs.DISABLE_VAR, None, "0"),
+        (envs.RENORMALIZE_VAR, " ENABLE", "enable"),
+        (envs.DEVICE_CAPABILITY_VAR, "10.0, 10.3", "10.0,10.3"),
+        (envs.DEVICE_CAPABILITY_VAR, None, "(NVML)"),
+        (envs.KNOWN_BUGS_VAR, "FlashInfer#3946 = GUARD", "flashinfer#3946=guard"),
+        (envs.KNOWN_BUGS_VAR, None, "(each entry's own action)"),
+    ],
+)
+def test_values_are_shown_as_the_user_writes_them(name, raw, shown):
+    config = envs.read({} if raw is None else {name: raw})
+    reading = next(r for r in config.readings if r.name == name)
+    assert envs.show(name, reading.value) == shown

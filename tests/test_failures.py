@@ -86,15 +86,33 @@ def test_failing_target_is_left_alone_and_reported(monkeypatch, records):
 
 
 def test_invalid_setting_is_a_warning_and_the_default(monkeypatch, records):
-    monkeypatch.setenv("VLLM_MOE_ROUTING_PLUGIN_DISABLE", "maybe")
+    monkeypatch.setenv("VLLM_MOE_ROUTING_RENORMALIZE", "sometimes")
     monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "9.0")
     register()
     warnings = records.lines(logging.WARNING)
     assert warnings == [
-        "moe_routing: VLLM_MOE_ROUTING_PLUGIN_DISABLE='maybe' is not valid "
-        "(expected one of 1/true/yes/on/0/false/no/off); using the default 0"
+        "moe_routing: VLLM_MOE_ROUTING_RENORMALIZE='sometimes' is not valid "
+        "(expected auto, enable or disable); using the default auto"
     ]
     assert activation.current().decision.action == "not-applicable"
+
+
+def test_an_unreadable_off_switch_is_a_warning_and_disables(monkeypatch, records):
+    monkeypatch.setenv("VLLM_MOE_ROUTING_PLUGIN_DISABLE", "y")
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
+    register()
+    assert records.lines(logging.WARNING) == [
+        "moe_routing: VLLM_MOE_ROUTING_PLUGIN_DISABLE='y' is not valid "
+        "(1/true/yes/on mean on, 0/false/no/off mean off, in any case); taken as "
+        "on: the plugin is disabled, since an off switch set to a value it cannot "
+        "read is taken as set"
+    ]
+    decision = activation.current().decision
+    assert (decision.action, decision.reason) == (
+        "disabled",
+        "VLLM_MOE_ROUTING_PLUGIN_DISABLE='y', taken as 1",
+    )
+    assert not decision.acts  # nothing patched
 
 
 def _enable():

@@ -6,7 +6,9 @@ Values are read from ``os.environ`` (or a mapping handed in) when the plugin
 runs, not through ``vllm.envs``: vLLM can freeze its own variables after start-up
 (``enable_envs_cache``), and the plugin must also work where vLLM is absent
 (the ``status`` command). An invalid value never raises: it is reported and the
-default is used.
+default is used, with two exceptions where the default would not be what the
+user meant: the off switch set to a word it cannot read switches the plugin
+off, and a list keeps its valid items beside an invalid one.
 """
 
 from __future__ import annotations
@@ -32,10 +34,34 @@ BUG_ACTIONS: tuple[BugAction, ...] = ("guard", "fix", "warn", "ignore")
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
+#: The two sets of words, as every boolean's error message names them.
+BOOL_WORDS = f"{'/'.join(_TRUE)} mean on, {'/'.join(_FALSE)} mean off, in any case"
+
+_UNSET: Any = object()
 
 
 class InvalidValue(ValueError):
-    """A variable holds a value outside its documented spellings."""
+    """A variable holds a value outside its documented spellings.
+
+    ``use`` is what to take instead of the variable's default, where the
+    default is not what the user meant (``taken`` says so in words).
+    """
+
+    def __init__(self, problem: str, *, use: Any = _UNSET, taken: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.use = use
+        self.taken = taken
+
+
+class InvalidItems(InvalidValue):
+    """Some items of a list are invalid or repeated: ``use`` holds the valid
+    ones (one typo must not throw away the settings beside it), ``notes``
+    one message per invalid or repeated item."""
+
+    def __init__(self, use: Any, notes: tuple[str, ...]) -> None:
+        super().__init__("; ".join(notes), use=use)
+        self.notes = notes
 
 
 def _parse_bool(raw: str) -> bool:
@@ -44,7 +70,22 @@ def _parse_bool(raw: str) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise InvalidValue(f"expected one of {'/'.join(_TRUE + _FALSE)}")
+    raise InvalidValue(BOOL_WORDS)
+
+
+def _parse_disable(raw: str) -> bool:
+    """The off switch. A value it cannot read counts as on: whoever sets an
+    off switch means to switch something off, and a plugin that acts while
+    its user believes it off is the worse surprise."""
+    try:
+        return _parse_bool(raw)
+    except InvalidValue as exc:
+        raise InvalidValue(
+            exc.problem,
+            use=True,
+            taken="taken as on: the plugin is disabled, since an off switch set "
+            "to a value it cannot read is taken as set",
+        ) from None
 
 
 def _parse_renormalize(raw: str) -> Renormalize:
@@ -79,39 +120,94 @@ def parse_capabilities(raw: str) -> tuple[Capability, ...]:
     return tuple(capabilities)
 
 
+def _bug_item_problem(bug_id: str, equals: str, action: str) -> str | None:
+    """Why one ``<id>=<action>`` item cannot be read, or None."""
+    project, hash_sign, number = bug_id.partition("#")
+    if not (equals and hash_sign and project.isalpha() and number.isdigit()):
+        return (
+            "expected <project>#<number>=guard|fix|warn|ignore, "
+            "e.g. flashinfer#3946=guard"
+        )
+    if not number.isascii():
+        return "issue numbers are written with ASCII digits"
+    if action not in BUG_ACTIONS:
+        return "the action must be guard, fix, warn or ignore"
+    return None
+
+
 def parse_bug_actions(raw: str) -> tuple[tuple[str, BugAction], ...]:
     """Parse ``"flashinfer#3946=guard, flashinfer#4237=ignore"`` into
     ``(("flashinfer#3946", "guard"), ("flashinfer#4237", "ignore"))``.
 
     Only the spelling is checked here; whether an id is in the catalogue is the
-    decision's business (``policy``), which reports ids it does not know.
+    decision's business (``policy``), which reports ids it does not know. An
+    invalid item is skipped and the valid ones kept (``InvalidItems``): a typo
+    in one entry must not switch the others back. An id given twice takes its
+    last action, as a later setting overrides an earlier one on a command line,
+    and is reported: the user may not know the list repeats it.
     """
     pairs: dict[str, BugAction] = {}
+    given: dict[str, list[str]] = {}
+    invalid: list[str] = []
     for item in raw.split(","):
         if not item.strip():
             continue
         bug_id, equals, action = (part.strip().lower() for part in item.partition("="))
-        project, hash_sign, number = bug_id.partition("#")
-        if not (equals and hash_sign and project.isalpha() and number.isdigit()):
-            raise InvalidValue(
-                "expected a comma-separated list of <project>#<number>=<action>, "
-                "e.g. flashinfer#3946=guard"
-            )
-        if not number.isascii():
-            raise InvalidValue("issue numbers are written with ASCII digits")
+        problem = _bug_item_problem(bug_id, equals, action)
+        if problem is not None:
+            invalid.append(f"item {item.strip()!r} is not valid ({problem})")
+            continue
         for known in BUG_ACTIONS:
             if action == known:
                 pairs[bug_id] = known
-                break
-        else:
-            raise InvalidValue(f"{bug_id}: expected guard, fix, warn or ignore")
-    return tuple(pairs.items())
+                given.setdefault(bug_id, []).append(known)
+    kept = tuple(pairs.items())
+    left = (
+        "the other items apply"
+        if kept
+        else "no valid item is left, so each entry keeps its own action"
+    )
+    notes = [f"{note}; it is skipped, {left}" for note in invalid]
+    notes += [
+        f"{bug_id} is given {_times(len(actions))} ({', then '.join(actions)}); "
+        f"the last, {bug_id}={actions[-1]}, applies"
+        for bug_id, actions in given.items()
+        if len(actions) > 1
+    ]
+    if notes:
+        raise InvalidItems(kept, tuple(notes))
+    return kept
+
+
+def _show_bool(value: bool) -> str:
+    return "1" if value else "0"
+
+
+def _show_text(value: str) -> str:
+    return value
+
+
+def _show_capabilities(value: tuple[Capability, ...] | None) -> str:
+    if value is None:
+        return "(NVML)"
+    return ",".join(f"{major}.{minor}" for major, minor in value)
+
+
+def _show_bug_actions(value: tuple[tuple[str, BugAction], ...]) -> str:
+    if not value:
+        return "(each entry's own action)"
+    return ",".join(f"{bug_id}={action}" for bug_id, action in value)
+
+
+def _times(count: int) -> str:
+    return "twice" if count == 2 else f"{count} times"
 
 
 class Variable:
-    """One environment variable of the plugin, as documented in the README."""
+    """One environment variable of the plugin, as documented in the README.
+    ``show`` writes a value back as the user would set it (``10.0,10.3``)."""
 
-    __slots__ = ("default", "meaning", "name", "parse", "values")
+    __slots__ = ("default", "meaning", "name", "parse", "show", "values")
 
     def __init__(
         self,
@@ -120,21 +216,25 @@ class Variable:
         parse: Callable[[str], Any],
         values: str,
         meaning: str,
+        show: Callable[[Any], str] = _show_text,
     ) -> None:
         self.name = name
         self.default = default
         self.parse = parse
         self.values = values
         self.meaning = meaning
+        self.show = show
 
 
 VARIABLES: tuple[Variable, ...] = (
     Variable(
         DISABLE_VAR,
         False,
-        _parse_bool,
+        _parse_disable,
         "1/true/yes/on, 0/false/no/off",
-        "1: the plugin changes nothing and only logs that it is disabled",
+        "1: the plugin changes nothing and only logs that it is disabled; "
+        "a value it cannot read counts as 1",
+        _show_bool,
     ),
     Variable(
         RENORMALIZE_VAR,
@@ -149,29 +249,47 @@ VARIABLES: tuple[Variable, ...] = (
         parse_capabilities,
         "10.0, 10.3, ... (comma list for several GPUs)",
         "GPU compute capabilities to assume instead of asking NVML",
+        _show_capabilities,
     ),
     Variable(
         KNOWN_BUGS_VAR,
         (),
         parse_bug_actions,
         "flashinfer#3946=guard,flashinfer#4237=ignore, ... (guard, fix, warn, ignore)",
-        "change one known bug's action (`vllm-moe-routing status` lists them)",
+        "change one known bug's action (`vllm-moe-routing status` lists them); "
+        "an invalid item is skipped, the others apply",
+        _show_bug_actions,
     ),
 )
 
 
-class Reading:
-    """What one variable holds: raw text, the value used, and any problem."""
+def show(name: str, value: Any) -> str:
+    """``value`` of the variable ``name`` as the user would write it."""
+    for variable in VARIABLES:
+        if variable.name == name:
+            return variable.show(value)
+    return str(value)
 
-    __slots__ = ("name", "problem", "raw", "value")
+
+class Reading:
+    """What one variable holds: raw text, the value used, what is wrong with
+    the text in short (``problem``) and the messages that report it."""
+
+    __slots__ = ("messages", "name", "problem", "raw", "value")
 
     def __init__(
-        self, name: str, raw: str | None, value: Any, problem: str | None = None
+        self,
+        name: str,
+        raw: str | None,
+        value: Any,
+        problem: str | None = None,
+        messages: tuple[str, ...] = (),
     ) -> None:
         self.name = name
         self.raw = raw
         self.value = value
         self.problem = problem
+        self.messages = messages
 
     @property
     def valid(self) -> bool:
@@ -199,30 +317,31 @@ class Settings:
 
     @property
     def problems(self) -> tuple[str, ...]:
-        """One message per invalid variable, naming the variable and the value."""
-        return tuple(
-            f"{r.name}={r.raw!r} is not valid ({r.problem}); using the default "
-            f"{_show_default(r.value)}"
-            for r in self.readings
-            if not r.valid
-        )
+        """One message per invalid variable, or per invalid or repeated item
+        of a list, naming the variable, the text and what is used instead."""
+        return tuple(message for r in self.readings for message in r.messages)
 
 
-def _show_default(value: Any) -> str:
-    if value is None:
-        return "(NVML)"
-    if isinstance(value, bool):
-        return "0" if not value else "1"
-    if value == ():
-        return "(each entry's own action)"
-    return str(value)
+def _reading(variable: Variable, raw: str) -> Reading:
+    try:
+        value = variable.parse(raw)
+    except InvalidItems as exc:
+        messages = tuple(f"{variable.name}: {note}" for note in exc.notes)
+        return Reading(variable.name, raw, exc.use, exc.problem, messages)
+    except InvalidValue as exc:
+        value = variable.default if exc.use is _UNSET else exc.use
+        taken = exc.taken or f"using the default {variable.show(value)}"
+        message = f"{variable.name}={raw!r} is not valid ({exc.problem}); {taken}"
+        return Reading(variable.name, raw, value, exc.problem, (message,))
+    return Reading(variable.name, raw, value)
 
 
 def read(environ: Mapping[str, str] | None = None) -> Settings:
     """Read the plugin's variables from ``environ`` (default ``os.environ``).
 
     Unset or empty variables take their defaults; invalid ones take their
-    defaults and are listed in ``Settings.problems``.
+    defaults (or what their parser says the user meant) and are listed in
+    ``Settings.problems``.
     """
     env = os.environ if environ is None else environ
     readings: list[Reading] = []
@@ -230,13 +349,8 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
         raw = env.get(variable.name)
         if raw is None or not raw.strip():
             readings.append(Reading(variable.name, raw, variable.default))
-            continue
-        try:
-            value = variable.parse(raw)
-        except InvalidValue as exc:
-            readings.append(Reading(variable.name, raw, variable.default, str(exc)))
         else:
-            readings.append(Reading(variable.name, raw, value))
+            readings.append(_reading(variable, raw))
     by_name = {r.name: r.value for r in readings}
     return Settings(
         disabled=by_name[DISABLE_VAR],

@@ -382,11 +382,20 @@ def out_of_range() -> tuple[Finding, ...]:
     return tuple(Finding(bug, False, bug.action) for bug in KNOWN_BUGS)
 
 
+def _disabled_by(settings: Settings) -> str:
+    """What switched the plugin off, for the log line: the switch, or the
+    value it could not read and took as set (the WARNING before says why)."""
+    for reading in settings.readings:
+        if reading.name == DISABLE_VAR and not reading.valid:
+            return f"{DISABLE_VAR}={reading.raw!r}, taken as 1"
+    return f"{DISABLE_VAR}=1"
+
+
 def decide(facts: Facts, settings: Settings) -> Decision:
     """The decision table of the README, top row first."""
     notes = companion_notes(facts)
     if settings.disabled:
-        return Decision("disabled", f"{DISABLE_VAR}=1", notes=notes)
+        return Decision("disabled", _disabled_by(settings), notes=notes)
     asked, setting_notes = _bug_settings(settings)
     notes += setting_notes
     if not facts.gpus:

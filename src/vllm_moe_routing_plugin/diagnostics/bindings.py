@@ -17,7 +17,10 @@ forward pass of a MoE layer. This check finds the failure on any machine:
 2. import FlashInfer (no kernel runs, no CUDA context on a machine without
    a GPU) and bind each call to ``inspect.signature`` of its function;
 3. compare the routing-method numbers vLLM passes (its ``RoutingMethodType``)
-   with what FlashInfer's enum calls them.
+   with what FlashInfer's enum calls them, and say for each number they
+   name differently whether a layer routed so can reach FlashInfer's
+   in-kernel routing: only where one of vLLM's routing checks of the fused
+   kernels (the plugin's targets, read from vLLM's source) accepts it.
 
 Calls on objects FlashInfer returns (``wrapper.run(...)``) are not followed.
 """
@@ -34,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from .. import targets
 from ..errors import describe_error
 from ..facts import (
     FLASHINFER,
@@ -91,13 +95,28 @@ class Checked:
         return self.state not in ("binds", "no-signature")
 
 
+#: vLLM routing methods no model is served with, and what gives a layer one.
+#: A difference in their numbering only matters to that tool.
+TESTING_ONLY = {
+    "Simulated": "vLLM's routing simulator (VLLM_MOE_ROUTING_SIMULATION_STRATEGY, "
+    "a testing aid)",
+}
+
+
 @dataclass(frozen=True)
 class EnumMeaning:
-    """One routing-method number vLLM passes, and FlashInfer's name for it."""
+    """One routing-method number vLLM passes, FlashInfer's name for it, and,
+    where the names differ, whether that matters for the fused-MoE calls."""
 
     value: int
     vllm: str
     flashinfer: str | None
+    #: the routing checks of vLLM's fused TRT-LLM kernels that accept it
+    accepted_by: tuple[str, ...] = ()
+    #: a layer a model is served with can reach FlashInfer's routing under the
+    #: other name (the check fails)
+    matters: bool = False
+    why: str = ""  # in words, where the names differ
 
 
 @dataclass
@@ -121,11 +140,18 @@ class Report:
         return [c for c in self.of(moe) if c.failed]
 
     @property
+    def misread(self) -> list[EnumMeaning]:
+        """Routing methods FlashInfer's kernels would read as another one for
+        a layer a model is served with."""
+        return [m for m in self.routing_methods if m.matters]
+
+    @property
     def ok(self) -> bool:
         return (
             self.error is None
             and self.import_error is None
             and not self.failures(moe=True)
+            and not self.misread
         )
 
     def summary(self, moe: bool) -> dict[str, int]:
@@ -363,6 +389,104 @@ def vllm_routing_methods(root: Path) -> dict[str, int]:
     return {}
 
 
+def _relative(module: str) -> str:
+    return "/".join(module.split(".")[1:]) + ".py"
+
+
+def _check_function(tree: ast.Module, target: targets.Target) -> ast.AST | None:
+    body: list[ast.stmt] = tree.body
+    if target.owner is not None:
+        owners = [
+            n for n in body if isinstance(n, ast.ClassDef) and n.name == target.owner
+        ]
+        if not owners:
+            return None
+        body = owners[0].body
+    for node in body:
+        if (
+            isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.name == target.check
+        ):
+            return node
+    return None
+
+
+#: A check that names no routing method accepts them all (``return True``).
+EVERY_METHOD = "*"
+
+
+def accepted_routing_methods(root: Path) -> dict[str, set[str]]:
+    """The routing checks of vLLM's fused TRT-LLM kernels in the vLLM package
+    at ``root`` (the plugin's targets), each with the ``RoutingMethodType``
+    members it names: the methods it lets onto FlashInfer's in-kernel
+    routing (every check of vLLM 0.16 - 0.33 is a list of accepted methods).
+    A check that names none is taken as accepting every method."""
+    found: dict[str, set[str]] = {}
+    for target in targets.TARGETS:
+        path = root / _relative(target.module)
+        if not path.is_file():
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="replace"))
+        except SyntaxError:
+            continue
+        function = _check_function(tree, target)
+        if function is None:
+            continue
+        names = {
+            node.attr
+            for node in ast.walk(function)
+            if isinstance(node, ast.Attribute)
+            and (_dotted(node.value) or "").split(".")[-1] == ROUTING_ENUM
+        }
+        found[target.name] = names or {EVERY_METHOD}
+    return found
+
+
+def judge(meaning: EnumMeaning, checks: dict[str, set[str]]) -> EnumMeaning:
+    """Whether vLLM and FlashInfer naming a number differently matters for the
+    fused-MoE calls, and why, in words. FlashInfer reads the number only where
+    it routes in the kernel, which vLLM allows only through these checks; a
+    method no check accepts is routed by vLLM before the kernel."""
+    if meaning.flashinfer == meaning.vllm:
+        return meaning
+    accepted_by = tuple(
+        name
+        for name, methods in checks.items()
+        if meaning.vllm in methods or EVERY_METHOD in methods
+    )
+    theirs = (
+        f"FlashInfer routes such a layer as {meaning.flashinfer}, not as {meaning.vllm}"
+        if meaning.flashinfer is not None
+        else f"FlashInfer knows no routing method {meaning.value}"
+    )
+    if not accepted_by:
+        why = (
+            "does not matter: no routing check of vLLM's fused TRT-LLM kernels "
+            f"accepts {meaning.vllm}, so a layer routed so never reaches "
+            "FlashInfer's in-kernel routing (vLLM routes it before the kernel, "
+            "or picks another kernel)"
+        )
+        return EnumMeaning(meaning.value, meaning.vllm, meaning.flashinfer, why=why)
+    where = ", ".join(accepted_by)
+    accept = "accepts" if len(accepted_by) == 1 else "accept"
+    if meaning.vllm in TESTING_ONLY:
+        why = (
+            f"matters only for testing: {where} {accept} {meaning.vllm}, which "
+            f"only {TESTING_ONLY[meaning.vllm]} gives a layer; {theirs}"
+        )
+        return EnumMeaning(
+            meaning.value, meaning.vllm, meaning.flashinfer, accepted_by, False, why
+        )
+    why = (
+        f"MATTERS: {where} {accept} {meaning.vllm}, so a layer routed so reaches "
+        f"FlashInfer's in-kernel routing, and {theirs}: wrong experts"
+    )
+    return EnumMeaning(
+        meaning.value, meaning.vllm, meaning.flashinfer, accepted_by, True, why
+    )
+
+
 # -- binding to the installed FlashInfer ---------------------------------------
 
 
@@ -429,12 +553,14 @@ def check(reference: Reference) -> Checked:
 
 
 def routing_meanings(vllm_members: dict[str, int]) -> list[EnumMeaning]:
-    """What FlashInfer calls each number vLLM can pass as a routing method."""
+    """What FlashInfer calls each number vLLM can pass as a routing method;
+    nothing where FlashInfer's enum is not found (vLLM's import of it then
+    fails the binding check, which says so)."""
     try:
         enum = _lookup(FLASHINFER_ROUTING_ENUM)
         names = {int(member): member.name for member in enum}
     except Exception:
-        names = {}
+        return []
     return [
         EnumMeaning(value, name, names.get(value))
         for name, value in sorted(vllm_members.items(), key=lambda kv: kv[1])
@@ -475,7 +601,10 @@ def run(root: Path | None = None, version_of: VersionOf = installed_version) -> 
         report.import_error = describe_error(exc)
         return report
     report.checked = [check(ref) for ref in scan(root)]
-    report.routing_methods = routing_meanings(vllm_routing_methods(root))
+    checks = accepted_routing_methods(root)
+    report.routing_methods = [
+        judge(m, checks) for m in routing_meanings(vllm_routing_methods(root))
+    ]
     report.unmet_requirements = unmet_requirements(FLASHINFER)
     return report
 
@@ -486,10 +615,33 @@ def exit_status(report: Report) -> int:
     return 0 if report.ok else 1
 
 
+def _installed(name: str, version: str | None) -> str:
+    return f"{name} {version}" if version else f"{name} (not installed)"
+
+
 def render(report: Report) -> str:
-    lines = [f"vLLM {report.vllm} x flashinfer-python {report.flashinfer}"]
     if report.error:
-        return "\n".join([*lines, f"  nothing checked: {report.error}"])
+        present = [
+            f"{name} {version}"
+            for name, version in (
+                ("vLLM", report.vllm),
+                (FLASHINFER, report.flashinfer),
+            )
+            if version
+        ]
+        return "\n".join(
+            [
+                f"Nothing checked: {report.error} in this environment"
+                + (f" ({', '.join(present)} is)." if present else "."),
+                "This check binds the installed vLLM's calls into FlashInfer to the "
+                "installed FlashInfer: run it where both are installed, the way you "
+                "serve.",
+            ]
+        )
+    lines = [
+        f"{_installed('vLLM', report.vllm)} x "
+        f"{_installed(FLASHINFER, report.flashinfer)}"
+    ]
     if report.import_error:
         return "\n".join([*lines, f"  import flashinfer failed: {report.import_error}"])
     for moe, label in ((True, "fused-MoE code"), (False, "elsewhere in vLLM")):
@@ -510,9 +662,12 @@ def render(report: Report) -> str:
         )
     differing = [m for m in report.routing_methods if m.flashinfer != m.vllm]
     if differing:
-        lines.append("  routing-method numbers FlashInfer reads differently:")
-        lines.extend(
-            f"    {m.value}: vLLM {m.vllm}, FlashInfer {m.flashinfer or '(none)'}"
-            for m in differing
+        lines.append(
+            "  routing-method numbers vLLM passes that FlashInfer names differently:"
         )
+        for m in differing:
+            lines.append(
+                f"    {m.value}: vLLM {m.vllm}, FlashInfer {m.flashinfer or '(none)'}"
+            )
+            lines.append(f"       {m.why}")
     return "\n".join(lines)

@@ -56,6 +56,8 @@ class SettingRow:
     value: Any
     valid: bool
     problem: str | None
+    shown: str = ""  # the value used, as the user would write it: 10.0,10.3
+    default: bool = True  # the variable's default is used (unset, or unreadable)
 
 
 @dataclass
@@ -237,7 +239,8 @@ def answer(decision: policy.Decision) -> str:
         guarded = [
             str(f.bug.layers)
             for f in decision.acting
-            if f.action == "guard" and set(f.bug.layers.methods) & set(methods)
+            if f.action == "guard"
+            and set(f.bug.layers.methods) & set(RENORMALIZE_METHODS)
         ]
         return (
             f"{'; '.join(guarded)} are kept off the fused TRT-LLM kernels; "
@@ -362,6 +365,8 @@ def collect(
                 value=list(r.value) if isinstance(r.value, tuple) else r.value,
                 valid=r.valid,
                 problem=r.problem,
+                shown=envs.show(r.name, r.value),
+                default=r.value == _default(r.name),
             )
             for r in settings.readings
         ],
@@ -387,6 +392,10 @@ def collect(
         advice=recommend(decision, found.versions),
         known_bugs=known_bug_rows(decision, outcomes),
     )
+
+
+def _default(name: str) -> Any:
+    return next(v.default for v in envs.VARIABLES if v.name == name)
 
 
 def _methods(table: Mapping[str, Sequence[str]] | None) -> list[str]:
@@ -456,8 +465,11 @@ def render(status: StatusReport) -> str:
     name_width = max(len(s.name) for s in status.settings)
     for s in status.settings:
         raw = "unset" if s.raw is None else repr(s.raw)
-        mark = "" if s.valid else "  INVALID, default used"
-        add(f"  {s.name:<{name_width}}  {raw} -> {s.value}{mark}")
+        mark = ""
+        if not s.valid:
+            used = "default used" if s.default else "used as shown (see problem)"
+            mark = f"  INVALID, {used}"
+        add(f"  {s.name:<{name_width}}  {raw} -> {s.shown}{mark}")
     add("packages")
     for name, version in status.packages.items():
         add(f"  {name:<21} {version or 'not installed'}")
