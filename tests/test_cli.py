@@ -421,3 +421,47 @@ def test_a_terminal_gets_a_note_while_vllm_loads():
         "vllm-moe-routing: importing vLLM's fused-MoE modules to ask their routing "
         "checks ...\r\n"
     )
+
+
+def test_a_what_if_flashinfer_is_not_shown_as_installed():
+    """``--flashinfer`` plans for a FlashInfer that is not there: the report
+    keeps it apart from what is installed, and notes about vLLM's pins speak
+    of what is installed."""
+
+    def installed_version(distribution):
+        return {
+            "vllm": "0.19.1",
+            "flashinfer-python": "0.6.6",
+            "flashinfer-cubin": "0.6.6",
+        }.get(distribution)
+
+    def requires_of(distribution):
+        if distribution == "vllm":
+            return ["flashinfer-python==0.6.6", "flashinfer-cubin==0.6.6"]
+        return []
+
+    args = cli.parser().parse_args(
+        ["status", "--capability", "10.0", "--flashinfer", "0.6.8.post1",
+         "--no-targets"]
+    )  # fmt: skip
+    report = status_report.collect(
+        args, {}, installed_version=installed_version, requires_of=requires_of
+    )
+    assert report.action == "enable"  # decided on the assumed version
+    assert report.packages["flashinfer-python"] == "0.6.6"
+    assert report.packages["flashinfer-cubin"] == "0.6.6"
+    assert report.assumed_versions == {
+        "flashinfer-python": "0.6.8.post1",
+        "flashinfer-cubin": "0.6.8.post1",
+    }
+    assert report.package_notes == []  # nothing is installed over the pins
+    text = status_report.render(report)
+    assert "  flashinfer-python     0.6.6 (assumed 0.6.8.post1 by --flashinfer)" in (
+        text.splitlines()
+    )
+
+
+def test_no_targets_does_not_claim_this_vllm_has_none():
+    report = _collect(installed_version={"flashinfer-python": "0.6.7"}.get)
+    assert report.action == "enable"
+    assert report.line.endswith(" - targets not probed (--no-targets)"), report.line

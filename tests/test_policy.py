@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """The decision table (README, "What the plugin decides"), row by row."""
 
+import logging
+
 import pytest
 
 from vllm_moe_routing_plugin import envs, policy
@@ -146,3 +148,46 @@ def test_cubin_mismatch_is_reported():
 def test_describe_gpus_folds_ranges():
     gpus = gpus_from_capabilities([(10, 0), (10, 0), (10, 3), (10, 0)], "t")
     assert policy.describe_gpus(gpus) == "GPU 0-1 sm_100, 2 sm_103, 3 sm_100"
+
+
+def test_a_forced_enable_names_the_bug_it_lets_through(records):
+    """``VLLM_MOE_ROUTING_RENORMALIZE=enable`` over a FlashInfer that has
+    flashinfer#2822 is the user's call (a backported build), but it must not
+    read as a vouch: the reason, ``status``'s answer and a WARNING name it."""
+    from support import versions
+    from vllm_moe_routing_plugin import activation
+    from vllm_moe_routing_plugin.diagnostics import status
+
+    d = decide(facts("0.6.6"), VLLM_MOE_ROUTING_RENORMALIZE="enable")
+    assert d.reason == (
+        "forced by VLLM_MOE_ROUTING_RENORMALIZE=enable over flashinfer#2822 "
+        "(flashinfer-python 0.6.6); GPU 0-7 sm_100"
+    )
+    assert [bug.id for bug in d.overridden] == ["flashinfer#2822"]
+    assert status.answer(d) == (
+        "Renormalize/RenormalizeNaive MoE layers may run on the fused TRT-LLM "
+        "kernels because VLLM_MOE_ROUTING_RENORMALIZE=enable forces it, although "
+        "this FlashInfer has flashinfer#2822: Renormalize/RenormalizeNaive layers "
+        "with 128 < experts <= 512 and top_k < 10 may be routed wrongly."
+    )
+    fixed = decide(facts("0.6.7"), VLLM_MOE_ROUTING_RENORMALIZE="enable")
+    assert fixed.overridden == ()
+    assert (
+        fixed.reason == "forced by VLLM_MOE_ROUTING_RENORMALIZE=enable; GPU 0-7 sm_100"
+    )
+
+    activation.activate(
+        {
+            "VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0",
+            "VLLM_MOE_ROUTING_RENORMALIZE": "enable",
+        },
+        version_of=versions(flashinfer_python="0.6.6"),
+        register_env=lambda: True,
+    )
+    assert records.lines(logging.WARNING) == [
+        "moe_routing: VLLM_MOE_ROUTING_RENORMALIZE=enable lets the fused kernels "
+        "route Renormalize/RenormalizeNaive layers with 128 < experts <= 512 and "
+        "top_k < 10 although FlashInfer 0.6.6 routes Renormalize wrongly for them "
+        "(flashinfer#2822; fixed in 0.6.7); set it to auto unless this FlashInfer "
+        "build has the fix"
+    ]

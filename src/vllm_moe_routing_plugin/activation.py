@@ -239,6 +239,8 @@ def activate(
         found, decision = policy.decide_here(settings, read_gpus, read_versions)
     if found.gpu_query_failed:
         logger.warning("%s: %s", PLUGIN, found.gpu_error)
+    for bug in decision.overridden:
+        logger.warning("%s", log_line.overridden_warning(bug, decision))
     activation = Activation(__version__, settings, found, decision)
     try:
         if decision.acts:

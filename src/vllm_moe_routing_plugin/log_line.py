@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .about import PLUGIN
-from .envs import KNOWN_BUGS_VAR
+from .envs import KNOWN_BUGS_VAR, RENORMALIZE_VAR
 from .targets import Target
 
 if TYPE_CHECKING:
@@ -34,8 +34,13 @@ def named(outcomes: Iterable[Outcome]) -> list[Outcome]:
     ]
 
 
-def target_part(outcomes: Iterable[Outcome], pending: Iterable[str] = ()) -> str:
-    """What the line says about the targets."""
+def target_part(
+    outcomes: Iterable[Outcome], pending: Iterable[str] = (), probed: bool = True
+) -> str:
+    """What the line says about the targets (``status --no-targets`` looks at
+    none: it says so rather than claim there are none)."""
+    if not probed:
+        return "targets not probed (--no-targets)"
     parts = [describe(o) for o in named(outcomes)]
     waiting = sorted(name.rsplit(".", 1)[-1] for name in pending)
     if waiting:
@@ -58,13 +63,14 @@ def decision_line(
     decision: Decision,
     outcomes: Iterable[Outcome] = (),
     pending: Iterable[str] = (),
+    probed: bool = True,
 ) -> str:
     """The one INFO line each process logs, e.g. ``moe_routing 0.1.0: enable
     (flashinfer-python 0.6.7 >= 0.6.7; GPU 0-7 sm_100) - TrtLlmFp8ExpertsMonolithic
     +Renormalize +RenormalizeNaive``."""
     outcomes = list(outcomes)
     head = f"{PLUGIN} {version}: {decision.action} ({decision.reason})"
-    tail = target_part(outcomes, pending) if decision.acts else "vLLM unchanged"
+    tail = target_part(outcomes, pending, probed) if decision.acts else "vLLM unchanged"
     line = f"{head} - {tail}"
     for note in decision.notes:
         line += f"; note: {note}"
@@ -152,6 +158,17 @@ class LayerReport:
             hidden = ", ".join(sorted(self.blind))
             line += f" (its {hidden} not visible: judged as for every layer)"
         return line
+
+
+def overridden_warning(bug: KnownBug, decision: Decision) -> str:
+    """The WARNING where ``VLLM_MOE_ROUTING_RENORMALIZE=enable`` lets the fused
+    kernels route layers an in-range known bug hits."""
+    return (
+        f"{PLUGIN}: {RENORMALIZE_VAR}=enable lets the fused kernels route "
+        f"{bug.layers} although FlashInfer {decision.flashinfer or '(unknown)'} "
+        f"{bug.wrong} for them ({bug.id}; fixed in {bug.fixed_in_text}); set it "
+        "to auto unless this FlashInfer build has the fix"
+    )
 
 
 def layer_warning(

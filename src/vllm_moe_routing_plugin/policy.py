@@ -75,7 +75,9 @@ class Finding:
 class Decision:
     """What the plugin does in this process, and why."""
 
-    __slots__ = ("action", "findings", "flashinfer", "forced", "notes", "reason")
+    __slots__ = (
+        "action", "findings", "flashinfer", "forced", "notes", "overridden", "reason",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -86,6 +88,7 @@ class Decision:
         flashinfer: str | None = None,  # the FlashInfer version that counts
         forced: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
         notes: tuple[str, ...] = (),
+        overridden: tuple[KnownBug, ...] = (),
     ) -> None:
         self.action = action
         self.reason = reason
@@ -93,6 +96,9 @@ class Decision:
         self.flashinfer = flashinfer
         self.forced = forced
         self.notes = notes
+        #: In-range Renormalize entries VLLM_MOE_ROUTING_RENORMALIZE=enable lets
+        #: through: the fused kernels route their layers anyway.
+        self.overridden = overridden
 
     def __repr__(self) -> str:
         return f"Decision({self.action!r}, {self.reason!r})"
@@ -414,13 +420,23 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     version, found = _flashinfer_in_use(facts)
     shown = str(version) if version else None
     if settings.renormalize == "enable":
-        reason = f"forced by {RENORMALIZE_VAR}=enable; {gpus}"
+        forced = findings(version, "ignore", asked)
+        overridden = tuple(
+            f.bug for f in forced if f.in_range and _renormalize_bug(f.bug)
+        )
+        over = ""
+        if overridden:
+            # A forced enable must not read as a vouch for a FlashInfer that
+            # has the bug (a backported build may not: the user's call).
+            over = f" over {', '.join(bug.id for bug in overridden)} ({found})"
+        reason = f"forced by {RENORMALIZE_VAR}=enable{over}; {gpus}"
         return Decision(
             "enable",
             reason,
-            findings(version, "ignore", asked),
+            forced,
             flashinfer=shown,
             notes=notes,
+            overridden=overridden,
         )
     if settings.renormalize == "disable":
         reason = f"forced by {RENORMALIZE_VAR}=disable; {gpus}"

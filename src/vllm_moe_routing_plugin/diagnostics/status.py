@@ -110,7 +110,7 @@ class StatusReport:
     line: str  # the log line this process would write
     plugin: PluginEntry
     settings: list[SettingRow]
-    packages: dict[str, str | None]
+    packages: dict[str, str | None]  # as installed
     package_notes: list[str]
     gpus: list[GpuRow]
     gpu_error: str | None
@@ -119,6 +119,8 @@ class StatusReport:
     vllm_problem: str | None
     problems: list[str]
     advice: Recommendation | None = None  # what to install, where known
+    #: versions a what-if flag assumed instead of the installed ones
+    assumed_versions: dict[str, str | None] = dataclasses.field(default_factory=dict)
     known_bugs: list[KnownBugRow] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
@@ -228,6 +230,13 @@ def preview_targets(
 def answer(decision: policy.Decision) -> str:
     """The first line of the report: will the fused kernel route, and is it safe."""
     methods = "/".join(RENORMALIZE_METHODS)
+    if decision.action == "enable" and decision.overridden:
+        bugs = ", ".join(bug.id for bug in decision.overridden)
+        return (
+            f"{methods} MoE layers may run on the fused TRT-LLM kernels because "
+            f"{envs.RENORMALIZE_VAR}=enable forces it, although this FlashInfer "
+            f"has {bugs}: {decision.overridden[0].layers} may be routed wrongly."
+        )
     if decision.action == "enable":
         return (
             f"{methods} MoE layers may run on the fused TRT-LLM kernels: "
@@ -340,6 +349,14 @@ def collect(
         capability_source=source,
         version_of=_what_if_versions(args.flashinfer, installed_version),
     )
+    # What is installed is a fact; what a what-if flag assumes is not, and the
+    # report keeps the two apart (pin notes are about what is installed).
+    installed = facts.read_versions(facts.DISTRIBUTIONS, installed_version)
+    assumed_versions = {
+        name: version
+        for name, version in found.versions.items()
+        if version != installed.get(name)
+    }
     decision = policy.decide(found, settings)
     rows: list[TargetRow] = []
     outcomes: list[patching.Outcome] = []
@@ -356,7 +373,9 @@ def collect(
         answer=answer(decision),
         action=decision.action,
         reason=decision.reason,
-        line=log_line.decision_line(__version__, decision, outcomes, pending),
+        line=log_line.decision_line(
+            __version__, decision, outcomes, pending, probed=not args.no_targets
+        ),
         plugin=plugin,
         settings=[
             SettingRow(
@@ -370,9 +389,10 @@ def collect(
             )
             for r in settings.readings
         ],
-        packages=dict(found.versions),
+        packages=installed,
+        assumed_versions=assumed_versions,
         package_notes=[
-            *pin_notes(found.versions, facts.vllm_pins(requires_of)),
+            *pin_notes(installed, facts.vllm_pins(requires_of)),
             *filter(None, [never_shipped_note(found.versions)]),
         ],
         gpus=[
@@ -389,7 +409,7 @@ def collect(
         targets=rows,
         vllm_problem=vllm_problem,
         problems=problems,
-        advice=recommend(decision, found.versions),
+        advice=recommend(decision, installed),
         known_bugs=known_bug_rows(decision, outcomes),
     )
 
@@ -472,7 +492,10 @@ def render(status: StatusReport) -> str:
         add(f"  {s.name:<{name_width}}  {raw} -> {s.shown}{mark}")
     add("packages")
     for name, version in status.packages.items():
-        add(f"  {name:<21} {version or 'not installed'}")
+        line = f"  {name:<21} {version or 'not installed'}"
+        if name in status.assumed_versions:
+            line += f" (assumed {status.assumed_versions[name]} by --flashinfer)"
+        add(line)
     for note in status.package_notes:
         add(f"  note: {note}")
     add("gpus")
