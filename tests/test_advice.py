@@ -126,3 +126,24 @@ def test_the_test_commands_patch_path_installs_the_advised_flashinfer():
     advised = advice.for_vllm("0.19.1")
     assert advised is not None
     assert facts.installed_version(facts.FLASHINFER) == advised.flashinfer
+
+
+def test_printed_pointers_are_published_urls_of_pages_that_exist():
+    """What the plugin prints points to the published docs (``pyproject.toml``'s
+    ``Source``), never to a path only a clone has; and each page exists."""
+    import re
+    from pathlib import Path
+
+    from vllm_moe_routing_plugin import about
+
+    root = Path(__file__).resolve().parents[1]
+    pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    assert f'Source = "{about.REPOSITORY}"' in pyproject
+    printed = " ".join(a.reason for a in advice.ADVICE)
+    urls = re.findall(r"https://\S+", printed)
+    assert urls
+    assert "docs/" not in re.sub(r"https://\S+", "", printed)
+    for url in urls:
+        page = url.removeprefix(about.docs_url(""))
+        assert page != url, url
+        assert (root / "docs" / page).is_file(), url

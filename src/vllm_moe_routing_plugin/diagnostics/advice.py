@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from .. import facts, policy
+from ..about import docs_url
 
 #: vLLM never shipped FlashInfer 0.6.7 (docs/flashinfer-advice.md).
 PR_38188 = (
@@ -45,7 +46,7 @@ class Advice:
 _REASON = (
     "0.6.8.post1 fixes flashinfer#2822, is what vLLM 0.20 moved to, and every "
     "fused-MoE call of this vLLM binds to it; vLLM never shipped 0.6.7 "
-    "(vLLM PR #38188). Evidence: docs/flashinfer-advice.md"
+    f"(vLLM PR #38188). Evidence: {docs_url('flashinfer-advice.md')}"
 )
 
 ADVICE: tuple[Advice, ...] = (

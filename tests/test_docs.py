@@ -1,0 +1,68 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What the README tells a user who installs the wheel: links that work
+outside a clone, an install that works as written (the ``package`` nox
+session runs it), and claims that hold for the installed packages."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from support import FLASHINFER
+from vllm_moe_routing_plugin import about
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def section(title: str) -> str:
+    start = README.index(f"\n## {title}\n")
+    end = README.find("\n## ", start + 1)
+    return README[start : end if end != -1 else None]
+
+
+def test_links_work_outside_a_clone():
+    """The README is also the package's description on an index, where a
+    relative link leads nowhere: every link is absolute, and each page of
+    this repository it names exists."""
+    links = re.findall(r"\]\(([^)]+)\)", README)
+    assert links
+    for link in links:
+        assert link.startswith("https://"), link
+        prefix = f"{about.REPOSITORY}/blob/main/"
+        if link.startswith(prefix):
+            assert (ROOT / link.removeprefix(prefix)).is_file(), link
+
+
+def test_the_install_section_says_what_works_today():
+    install = section("Install")
+    assert "Not on PyPI yet" in install
+    assert re.search(r"^pip install \.\s", install, re.MULTILINE)
+    assert "pip install dist/vllm_moe_routing_plugin-*.whl" in install
+
+
+def test_what_was_run_where_is_said():
+    ran = section("What was run where")
+    assert "no GPU" in ran and "H200" in ran
+    assert "Nowhere here: FlashInfer's fused TRT-LLM MoE kernels" in ran
+    assert "SM100" in ran
+
+
+@pytest.mark.flashinfer("==0.6.8.post1")
+def test_the_pip_check_note_holds_for_the_advised_flashinfer():
+    """The README says ``cuda-tile``, which ``pip check`` reports missing after
+    the advised install, is declared by flashinfer-python 0.6.8.post1 but
+    imported by none of its modules."""
+    import importlib.metadata
+    import importlib.util
+
+    assert FLASHINFER == "0.6.8.post1"
+    assert "cuda-tile" in (importlib.metadata.requires("flashinfer-python") or [])
+    package = Path(importlib.util.find_spec("flashinfer").origin).parent
+    naming = [
+        path
+        for path in package.rglob("*.py")
+        if "cuda.tile" in path.read_text(encoding="utf-8", errors="replace")
+    ]
+    assert naming == []
+    assert "`cuda-tile`, which flashinfer-python 0.6.8.post1 declares" in README
