@@ -49,7 +49,9 @@ nox.options.reuse_venv = "yes"
 # missing is skipped, and nox says so.
 nox.options.download_python = "never"
 nox.options.error_on_missing_interpreters = False
-nox.options.sessions = ["fresh_machine", "lint", "typecheck", "tests", "known_bugs"]
+nox.options.sessions = [
+    "fresh_machine", "lint", "typecheck", "package", "tests", "known_bugs",
+]  # fmt: skip
 
 PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
 TEST_DEPENDENCIES = nox.project.dependency_groups(PYPROJECT, "test")
@@ -212,6 +214,34 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "check", *paths)
     session.run("ruff", "format", "--check", *paths)
     session.run("lint-imports", env={"PYTHONPATH": str(ROOT / "src")})
+
+
+DIST = ROOT / "build" / "dist"
+
+
+@nox.session
+def package(session: nox.Session) -> None:
+    """What a user installs: build the sdist and the wheel, check their
+    metadata (``twine check``), install the wheel (not the checkout, not
+    editable) next to vLLM 0.19.1 in an environment of its own, and run
+    ``vllm-moe-routing status`` from outside the clone."""
+    session.install("build", "twine")
+    shutil.rmtree(DIST, ignore_errors=True)
+    session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
+    built = sorted(DIST.iterdir())
+    session.run("twine", "check", "--strict", *map(str, built))
+    wheel = next(path for path in built if path.suffix == ".whl")
+    session.install(f"vllm=={PATCH_PATH.vllm}")
+    session.install("--reinstall-package", "vllm-moe-routing-plugin", str(wheel))
+    outside = Path(session.create_tmp())
+    session.chdir(outside)
+    session.run(
+        "python", "-c",
+        "import vllm_moe_routing_plugin as p, sys; "
+        "assert not p.__file__.startswith(sys.argv[1]), p.__file__",
+        str(ROOT),
+    )  # fmt: skip
+    session.run("vllm-moe-routing", "status", "--capability", "10.0")
 
 
 @nox.session
