@@ -10,7 +10,7 @@ import logging
 from types import ModuleType
 from typing import Any
 
-from vllm_moe_routing_plugin import targets
+from vllm_moe_routing_plugin import __version__, targets
 
 
 def installed(distribution: str) -> str | None:
@@ -21,6 +21,8 @@ def installed(distribution: str) -> str | None:
 
 
 VLLM = installed("vllm")
+#: How the plugin's lines start: the tests follow the version, never restate it.
+LINE_HEAD = f"moe_routing {__version__}"
 FLASHINFER = installed("flashinfer-python")
 
 

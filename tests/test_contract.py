@@ -21,7 +21,7 @@ import os
 import pytest
 from packaging.version import Version
 
-from support import FLASHINFER, VLLM, versions
+from support import FLASHINFER, LINE_HEAD, VLLM, versions
 from vllm_moe_routing_plugin import activation, bugs, checks, patching, targets
 from vllm_moe_routing_plugin.envs import KNOWN_BUGS_VAR
 from vllm_support import BOTH, SM100, import_target_modules, methods
@@ -144,7 +144,7 @@ def test_targets_states_and_answers(action):
         {f"{action}:{name}": states[name] for name in CONTRACT}
         | {f"{action}:line": current.line()}
     )
-    assert f"moe_routing 0.1.0: {action} (" in current.line()
+    assert f"{LINE_HEAD}: {action} (" in current.line()
 
     for name, check in checks_found.items():
         now = check.reread()
@@ -183,7 +183,7 @@ def test_installed_flashinfer_decides():
     action = installed_action()
     assert current.decision.action == action
     line = current.line()
-    assert f"moe_routing 0.1.0: {action} (flashinfer-python {FLASHINFER} " in line
+    assert f"{LINE_HEAD}: {action} (flashinfer-python {FLASHINFER} " in line
     record(
         {
             "vllm": VLLM,

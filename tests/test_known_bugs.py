@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from support import LINE_HEAD
 from vllm_moe_routing_plugin import activation, checks
 from vllm_moe_routing_plugin import bugs as bugs_module
 from vllm_moe_routing_plugin.diagnostics import cli, status
@@ -188,7 +189,7 @@ def test_the_log_names_no_known_bug_before_a_layer_is_built(records):
     current.report()  # as on the next target import, once logging is up
     line = current.line()
     assert line.startswith(
-        "moe_routing 0.1.0: guard (flashinfer-python 0.6.6 < 0.6.7 (flashinfer#2822); "
+        f"{LINE_HEAD}: guard (flashinfer-python 0.6.6 < 0.6.7 (flashinfer#2822); "
         "GPU 0 sm_100) - "
     ), line
     assert "flashinfer#3" not in line and "vllm#" not in line, line

@@ -12,7 +12,7 @@ import logging
 import pytest
 from packaging.version import Version
 
-from support import FLASHINFER, versions
+from support import FLASHINFER, LINE_HEAD, versions
 from vllm_moe_routing_plugin import activation, register, targets, vllm_source
 from vllm_support import (
     BOTH,
@@ -162,7 +162,7 @@ def test_register_twice_patches_and_logs_once(fp8, functions, monkeypatch, recor
     # The replacement wraps vLLM's original, not an earlier replacement.
     assert first.__func__._vllm_moe_routing_plugin_original is raw.__func__
     assert records.lines() == [
-        f"moe_routing 0.1.0: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
+        f"{LINE_HEAD}: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
         "GPU 0 sm_100) - "
         "TrtLlmFp8ExpertsMonolithic +Renormalize +RenormalizeNaive, checks each "
         "layer, flashinfer_trtllm_moe._supports_routing_method_bf16 checks each "
@@ -211,7 +211,7 @@ def test_vllm_loader_finds_the_plugin_and_patches_lazily():
     assert "accepts Renormalize: True" in result.stdout
     log = result.stdout  # vLLM's handler writes to stdout (VLLM_LOGGING_STREAM)
     assert (
-        f"moe_routing 0.1.0: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
+        f"{LINE_HEAD}: enable (flashinfer-python {FLASHINFER} >= 0.6.7; "
         "GPU 0 sm_100) - "
         # no flashinfer_fp4_moe: its file outlives the function the plugin targets
         "checked on import: flashinfer_trtllm_moe, trtllm_fp8_moe, trtllm_mxfp4_moe, "
@@ -268,7 +268,7 @@ def test_log_line_in_a_real_vllm_serve():
     )
     output = result.stdout + result.stderr
     assert result.returncode != 0  # no GPU, no model: vLLM stops after the plugins
-    lines = [line for line in output.splitlines() if "moe_routing 0.1.0:" in line]
+    lines = [line for line in output.splitlines() if f"{LINE_HEAD}:" in line]
     assert len(lines) == 1, output[-3000:]
     assert lines[0].startswith("INFO ")
     if Version(FLASHINFER).release >= (0, 6, 7):
@@ -278,4 +278,4 @@ def test_log_line_in_a_real_vllm_serve():
             f"guard (flashinfer-python {FLASHINFER} < 0.6.7 (flashinfer#2822); "
             "GPU 0 sm_100)"
         )
-    assert f"moe_routing 0.1.0: {expected}" in lines[0]
+    assert f"{LINE_HEAD}: {expected}" in lines[0]

@@ -6,7 +6,7 @@ moves exactly the layers the bug reaches off the fused kernel."""
 
 import pytest
 
-from support import versions
+from support import LINE_HEAD, versions
 from vllm_moe_routing_plugin import activation
 from vllm_support import (
     BF16,
@@ -153,10 +153,10 @@ def test_line_dropped_before_logging_is_configured_arrives_on_import():
     lines = [line for line in out.splitlines() if "moe_routing" in line]
     # The decision line once, when the first watched module is imported
     # after logging is up; the targets imported after it, in short lines.
-    decisions = [line for line in lines if "moe_routing 0.1.0: enable (" in line]
+    decisions = [line for line in lines if f"{LINE_HEAD}: enable (" in line]
     assert len(decisions) == 1, out
     assert all(
         "moe_routing: on import:" in line for line in lines if line not in decisions
     ), out
     assert "TrtLlmFp8ExpertsMonolithic native" in out
-    assert out.index("vllm logger configured") < out.index("moe_routing 0.1.0")
+    assert out.index("vllm logger configured") < out.index(LINE_HEAD)
