@@ -217,3 +217,31 @@ def test_status_text_lists_the_entries_in_range_first():
         line.startswith("  not in range of this install: flashinfer#3875 (>= 0.6.8")
         for line in text
     ), text
+
+
+@pytest.mark.vllm("==0.19.1")
+@pytest.mark.flashinfer("==0.6.8.post1")
+def test_status_text_says_what_an_entry_does_where_its_action_cannot_apply():
+    """A guard that warns where the layer's values are hidden, and a fix that
+    guards where no backport fits vLLM's code (vLLM 0.19's BF16 function has
+    none: the entry's layers are guarded there)."""
+    report = status.collect(
+        cli.parser().parse_args(["status", "--capability", "10.0"]), {}
+    )
+    text = status.render(report).splitlines()
+    bf16 = "flashinfer_trtllm_moe._supports_routing_method_bf16"
+    assert (
+        "  flashinfer#3875  guard (warn where the layer's values are hidden); in "
+        "range (>= 0.6.8, < 0.6.18 (since flashinfer#2803)); at "
+        f"TrtLlmFp8ExpertsMonolithic, {bf16}"
+    ) in text, text
+    assert (
+        "  vllm#43769       fix (a backport where vLLM's code is the one it fixes, "
+        "else guard); in range (vLLM 0.16.0 - 0.21.0 (0.22.0 passes it)); at "
+        f"{bf16}"
+    ) in text, text
+    assert any(
+        line.strip() == "layers vllm#43769 guarded: DeepSeekV3 layers whose "
+        "routed_scaling_factor into the kernel is not 1"
+        for line in text
+    ), text

@@ -445,6 +445,8 @@ def render(status: StatusReport) -> str:
         action = bug.action
         if bug.hidden_action != bug.action:
             action += f" ({bug.hidden_action} where the layer's values are hidden)"
+        if bug.action == "fix":
+            action += " (a backport where vLLM's code is the one it fixes, else guard)"
         add(f"  {bug.id:<{width}}  {action}; in range ({bug.affected}); at {where}")
         add(f"  {'':<{width}}  hits {bug.layers}")
         add(f"  {'':<{width}}  {bug.title}")
