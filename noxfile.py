@@ -91,7 +91,9 @@ PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
 #: and vLLM's FP8 backend selection; 0.19.1 as pinned: the guard with the real
 #: FlashInfer 0.6.6 (NVFP4 and MXFP4 backend selection); 0.17.1 as pinned: the
 #: guard on the 0.17 FP8 class; 0.33.0: the native path. The oldest and newest
-#: Python vLLM supports run the first two.
+#: Python vLLM supports run the first two, less the tests marked ``processes``
+#: (each starts Python processes that import vLLM afresh, 10 - 160 s, to check
+#: what a fresh process does, which the Python version does not change).
 TEST_RUNS: list[tuple[str | None, Env]] = [
     (None, PLAIN),
     (None, PATCH_PATH),
@@ -258,10 +260,12 @@ def typecheck(session: nox.Session) -> None:
     ids=[f"py{python}-{env.name}" if python else env.name for python, env in TEST_RUNS],
 )
 def tests(session: nox.Session, env: Env) -> None:
-    """The suite in one environment (``-- ARGS`` go to pytest)."""
+    """The suite in one environment (``-- ARGS`` go to pytest); under another
+    Python than nox's own, without the tests that start processes."""
     install(session, env)
+    selection = [] if session.python is None else ["-m", "not processes"]
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                *(session.posargs or ["tests"]))  # fmt: skip
+                *selection, *(session.posargs or ["tests"]))  # fmt: skip
 
 
 @nox.session

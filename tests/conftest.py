@@ -30,6 +30,12 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "flashinfer(spec): run only where the installed flashinfer-python matches",
     )
+    config.addinivalue_line(
+        "markers",
+        "processes: starts Python processes (a fresh interpreter, spawn, fork, "
+        "vllm serve); the test command runs these under one Python only "
+        "(noxfile.py)",
+    )
 
 
 def pytest_report_header() -> str:

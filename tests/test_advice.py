@@ -100,6 +100,7 @@ def test_flashinfer_0_6_7_on_0_18_or_0_19_cites_vllm_pr_38188(flashinfer, vllm, 
         assert note is not None and note.startswith(advice.PR_38188)
 
 
+@pytest.mark.processes
 @pytest.mark.vllm("==0.19.1")
 @pytest.mark.flashinfer("==0.6.6")
 def test_status_on_vllm_0_19_1_as_pinned_names_the_advised_install():

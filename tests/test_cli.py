@@ -13,21 +13,34 @@ from vllm_moe_routing_plugin.diagnostics import advice, cli, verify
 from vllm_moe_routing_plugin.diagnostics import status as status_report
 
 
-def status(*args, env=None):
-    import os
+@pytest.fixture
+def status(monkeypatch, capsys):
+    """``vllm-moe-routing status ARGS`` in this process, as ``main`` runs it
+    (each run puts vLLM's checks back); what needs a fresh process (vLLM's
+    import output, no FlashInfer or CUDA context) uses ``command``."""
 
-    result = subprocess.run(
-        [sys.executable, "-m", "vllm_moe_routing_plugin", "status", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    return result
+    if VLLM is not None:
+        # What vLLM logs while its modules first load goes to the stream its
+        # handler holds, here pytest's: let it out before the command runs.
+        from vllm_support import import_target_modules
+
+        import_target_modules()
+
+    def run(*args, env=None):
+        for name, value in (env or {}).items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = cli.main(["status", *args])
+        except SystemExit as exit:  # argparse's usage errors
+            code = exit.code
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, out, err)
+
+    return run
 
 
-def test_json_keys_and_what_if_flags():
+def test_json_keys_and_what_if_flags(status):
     result = status("--json", "--capability", "10.0,10.0", "--flashinfer", "0.6.7")
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
@@ -49,7 +62,7 @@ def test_json_keys_and_what_if_flags():
     assert data["plugin"]["value"] == "vllm_moe_routing_plugin:register"
 
 
-def test_guard_what_if():
+def test_guard_what_if(status):
     data = json.loads(
         status("--json", "--capability", "10.0", "--flashinfer", "0.6.6").stdout
     )
@@ -57,13 +70,13 @@ def test_guard_what_if():
     assert "flashinfer#2822" in data["reason"]
 
 
-def test_invalid_setting_exits_1():
+def test_invalid_setting_exits_1(status):
     result = status(env={"VLLM_MOE_ROUTING_RENORMALIZE": "sometimes"})
     assert result.returncode == 1
     assert "VLLM_MOE_ROUTING_RENORMALIZE='sometimes' is not valid" in result.stdout
 
 
-def test_plugins_allow_list_with_spaces_exits_1():
+def test_plugins_allow_list_with_spaces_exits_1(status):
     result = status(
         "--json", env={"VLLM_PLUGINS": "lora_filesystem_resolver, moe_routing"}
     )
@@ -76,11 +89,11 @@ def test_plugins_allow_list_with_spaces_exits_1():
 @pytest.mark.parametrize(
     "args", [["--capability", "sm100"], ["--flashinfer", "new"], ["frobnicate"]]
 )
-def test_usage_errors_exit_2(args):
+def test_usage_errors_exit_2(args, status):
     assert status(*args).returncode == 2
 
 
-def test_human_report_answers_first():
+def test_human_report_answers_first(status):
     result = status("--capability", "9.0")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
@@ -104,6 +117,7 @@ print("cuda initialised:", torch.cuda.is_initialized())
 """
 
 
+@pytest.mark.processes
 @pytest.mark.vllm(">=0.16")
 def test_status_imports_no_flashinfer_and_creates_no_cuda_context():
     result = subprocess.run(
@@ -120,7 +134,7 @@ def test_status_imports_no_flashinfer_and_creates_no_cuda_context():
 
 @pytest.mark.vllm("==0.19.1")
 @pytest.mark.flashinfer(">=0.6.7")
-def test_targets_before_and_after_on_0_19():
+def test_targets_before_and_after_on_0_19(status):
     data = json.loads(status("--json", "--capability", "10.0").stdout)
     rows = {r["name"]: r for r in data["targets"]}
     fp8 = rows["TrtLlmFp8ExpertsMonolithic"]
@@ -150,7 +164,7 @@ def test_targets_before_and_after_on_0_19():
 
 
 @pytest.mark.vllm(">=0.26")
-def test_targets_on_the_newest_vllm_are_native():
+def test_targets_on_the_newest_vllm_are_native(status):
     data = json.loads(status("--json", "--capability", "10.0").stdout)
     assert data["action"] == "enable"
     rows = {r["name"]: r for r in data["targets"]}
@@ -173,7 +187,7 @@ def test_targets_on_the_newest_vllm_are_native():
 
 
 @pytest.mark.vllm(">=0.26")
-def test_guard_what_if_on_the_newest_vllm_shows_the_refusal():
+def test_guard_what_if_on_the_newest_vllm_shows_the_refusal(status):
     data = json.loads(
         status("--json", "--capability", "10.0", "--flashinfer", "0.6.6").stdout
     )
@@ -190,7 +204,7 @@ def test_guard_what_if_on_the_newest_vllm_shows_the_refusal():
 
 
 @pytest.mark.no_vllm
-def test_status_without_vllm():
+def test_status_without_vllm(status):
     result = status("--json", "--capability", "10.0", "--flashinfer", "0.6.7")
     data = json.loads(result.stdout)
     assert data["action"] == "enable"
@@ -382,6 +396,7 @@ def test_the_guard_answer_names_the_layers_kept_off():
     )
 
 
+@pytest.mark.processes
 @pytest.mark.vllm(">=0.16")
 def test_vllms_import_noise_stays_out_of_the_report():
     """vLLM logs ``Failed to import from vllm._C`` (no GPU here) and Triton
@@ -394,6 +409,7 @@ def test_vllms_import_noise_stays_out_of_the_report():
     )
 
 
+@pytest.mark.processes
 @pytest.mark.vllm(">=0.16")
 def test_a_terminal_gets_a_note_while_vllm_loads():
     import pty

@@ -15,7 +15,6 @@ The counts are printed at the end of the run (``faults injected``, ``escaped``,
 
 from __future__ import annotations
 
-import logging
 import sys
 from types import ModuleType
 

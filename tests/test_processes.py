@@ -29,7 +29,9 @@ if __name__ == "__main__":
 """
 
 
+@pytest.mark.processes
 @pytest.mark.vllm("==0.19.1")
+@pytest.mark.flashinfer(">=0.6.7")  # once, on the patch path: 8 imports of vLLM
 def test_eight_spawned_processes_decide_the_same(tmp_path):
     script = tmp_path / "spawn8.py"
     script.write_text(SPAWN_8)
@@ -85,6 +87,7 @@ print(os.read(read, 65536).decode())
 """
 
 
+@pytest.mark.processes
 @pytest.mark.vllm("==0.19.1")
 @pytest.mark.flashinfer(">=0.6.7")
 def test_forked_child_keeps_the_patch_and_does_not_patch_again():

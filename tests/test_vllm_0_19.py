@@ -202,6 +202,7 @@ print("accepts Renormalize:", M._supports_routing_method(R.Renormalize, *BLOCK))
 """
 
 
+@pytest.mark.processes
 @fixed_flashinfer
 def test_vllm_loader_finds_the_plugin_and_patches_lazily():
     result = run_python(LAZY, SM100)
@@ -243,6 +244,7 @@ def test_an_unreadable_vllm_source_counts_as_defining(monkeypatch, tmp_path):
     assert vllm_source.vllm_defines("vllm.any", ("Anything",))
 
 
+@pytest.mark.processes
 def test_vllm_plugins_allow_list_excludes_the_plugin():
     result = run_python(LAZY, {**SM100, "VLLM_PLUGINS": "lora_filesystem_resolver"})
     assert result.returncode == 0, result.stderr
@@ -250,6 +252,7 @@ def test_vllm_plugins_allow_list_excludes_the_plugin():
     assert "moe_routing" not in result.stdout + result.stderr
 
 
+@pytest.mark.processes
 def test_log_line_in_a_real_vllm_serve():
     """vLLM 0.19 loads general plugins while building its CLI parser, logs
     their lines, then stops here for lack of a GPU."""

@@ -144,6 +144,7 @@ import vllm.model_executor.layers.fused_moe.experts.trtllm_fp8_moe
 """
 
 
+@pytest.mark.processes
 @pytest.mark.vllm(">=0.31")
 def test_line_dropped_before_logging_is_configured_arrives_on_import():
     result = run_python(DEFERRED, SM100)
