@@ -121,17 +121,18 @@ def test_gather_uses_capabilities_instead_of_nvml():
     assert set(found.versions) == set(facts.DISTRIBUTIONS)
 
 
-def test_versions_from_metadata():
-    assert facts.installed_version("surely-not-an-installed-distribution") is None
-
-
 def test_versions_agree_with_importlib_metadata_for_every_installed_distribution():
     """The header-only read answers what ``importlib.metadata.version`` does,
-    for every distribution of the test environment (vLLM's ~150 among them)."""
+    for every distribution of the test environment (vLLM's ~150 among them),
+    and None where it raises."""
     names = {dist.metadata["Name"] for dist in importlib.metadata.distributions()}
     assert "packaging" in names
     for name in names:
         assert facts.installed_version(name) == importlib.metadata.version(name), name
+    missing = "surely-not-an-installed-distribution"
+    with pytest.raises(importlib.metadata.PackageNotFoundError):
+        importlib.metadata.version(missing)
+    assert facts.installed_version(missing) is None
 
 
 VLLM_0_19_REQUIRES = [

@@ -79,15 +79,6 @@ def test_inputs_have_the_shapes_flashinfer_checks(name):
     assert all(torch.isfinite(v.float()).all() for v in arguments.values())
 
 
-def test_each_pair_passes_the_layout_its_kernel_takes():
-    assert PAIRS["bf16"].options == {"use_shuffled_weight": True, "weight_layout": 2}
-    assert PAIRS["fp8-block-scale"].options == {
-        "use_shuffled_weight": False,
-        "weight_layout": 0,
-    }
-    assert PAIRS["fp8-per-tensor"].options == {"use_routing_scales_on_input": False}
-
-
 def test_keywords_passes_what_the_function_declares():
     def old(routing_logits, hidden_states, top_k): ...
 

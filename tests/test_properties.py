@@ -40,20 +40,32 @@ def test_any_value_of_any_variable_is_read_without_raising(name, value):
         assert name in problem
 
 
-@given(value=st.text().filter(lambda s: s.strip()))
-def test_capabilities_not_major_minor_lists_are_rejected(value):
-    items = [item.strip() for item in value.split(",")]
-    well_formed = all(
-        item.count(".") == 1
-        and all(part.isascii() and part.isdigit() for part in item.split("."))
-        for item in items
-    )
-    config = envs.read({envs.DEVICE_CAPABILITY_VAR: value})
-    if well_formed:
-        assert config.capabilities is not None and config.problems == ()
-    else:
-        assert config.capabilities is None
-        assert envs.DEVICE_CAPABILITY_VAR in config.problems[0]
+capability = st.tuples(st.integers(0, 99), st.integers(0, 99))
+
+
+@given(
+    listed=st.lists(capability, min_size=1, max_size=8),
+    space=st.sampled_from(["", " ", "  "]),
+)
+def test_capability_lists_are_read_as_written(listed, space):
+    raw = f",{space}".join(f"{space}{major}.{minor}" for major, minor in listed)
+    config = envs.read({envs.DEVICE_CAPABILITY_VAR: raw})
+    assert (config.capabilities, config.problems) == (tuple(listed), ())
+
+
+@given(
+    listed=st.lists(capability, min_size=1, max_size=4),
+    spoiled=st.sampled_from(
+        ["10", "10.0.0", "sm100", "ten.0", "10,", "\u0661\u0660.0", "."]
+    ),
+    where=st.integers(0, 4),
+)
+def test_a_capability_list_with_one_bad_item_is_rejected_whole(listed, spoiled, where):
+    items = [f"{major}.{minor}" for major, minor in listed]
+    items.insert(min(where, len(items)), spoiled)
+    config = envs.read({envs.DEVICE_CAPABILITY_VAR: ",".join(items)})
+    assert config.capabilities is None
+    assert envs.DEVICE_CAPABILITY_VAR in config.problems[0]
 
 
 @given(version=st.one_of(st.text(), st.sampled_from(REAL_WORLD)))
