@@ -230,9 +230,16 @@ def package(session: nox.Session) -> None:
     session.install("build", "twine")
     shutil.rmtree(DIST, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
-    built = sorted(DIST.iterdir())
-    session.run("twine", "check", "--strict", *map(str, built))
-    wheel = next(path for path in built if path.suffix == ".whl")
+    built = sorted(path.name for path in DIST.iterdir())
+    version = _version()
+    expected = [
+        f"vllm_moe_routing_plugin-{version}-py3-none-any.whl",
+        f"vllm_moe_routing_plugin-{version}.tar.gz",
+    ]
+    if built != expected:
+        session.error(f"built {built}, expected {expected}")
+    session.run("twine", "check", "--strict", *(str(DIST / name) for name in built))
+    wheel = DIST / expected[0]
     session.install(f"vllm=={PATCH_PATH.vllm}")
     session.install("--reinstall-package", "vllm-moe-routing-plugin", str(wheel))
     outside = Path(session.create_tmp())
@@ -244,6 +251,15 @@ def package(session: nox.Session) -> None:
         str(ROOT),
     )  # fmt: skip
     session.run("vllm-moe-routing", "status", "--capability", "10.0")
+
+
+def _version() -> str:
+    """``__version__`` as about.py states it (the one place; hatch reads it)."""
+    about = (ROOT / "src" / "vllm_moe_routing_plugin" / "about.py").read_text()
+    for line in about.splitlines():
+        if line.startswith("__version__ = "):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("no __version__ in about.py")
 
 
 @nox.session
@@ -300,7 +316,8 @@ def benchmark(session: nox.Session) -> None:
 @nox.parametrize("env", MATRIX, ids=[env.name for env in MATRIX])
 def matrix(session: nox.Session, env: Env) -> None:
     """The contract tests and the kernel check's bindings against one release
-    of the matrix; ``compatibility`` writes the table."""
+    of the matrix, then what the plugin does there (scripts/matrix_row.py);
+    ``compatibility`` writes the table."""
     session.notify("compatibility")
     install(session, env)
     MATRIX_RESULTS.mkdir(parents=True, exist_ok=True)
@@ -311,9 +328,9 @@ def matrix(session: nox.Session, env: Env) -> None:
     session.run(
         "python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
         f"--junitxml={junit}", "tests/test_contract.py", "tests/test_kernel_check.py",
-        env={"MOE_ROUTING_MATRIX_JSON": str(contract)},
         success_codes=[0, 1],
     )  # fmt: skip
+    session.run("python", "scripts/matrix_row.py", str(contract), success_codes=[0, 1])
     suite = ET.parse(junit).getroot().find("testsuite")
     assert suite is not None
     counts = {

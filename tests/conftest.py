@@ -17,7 +17,7 @@ import pytest
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
-from support import FLASHINFER, VLLM, Records
+from support import FAULTS, FLASHINFER, SIMULATED, VLLM, Records
 from vllm_moe_routing_plugin import activation
 
 
@@ -85,16 +85,12 @@ def records() -> Iterator[Records]:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """The fault-injection counts quoted in docs/reliability.md."""
-    import sys
-
-    support = sys.modules.get("vllm_support")
-    for what in getattr(support, "SIMULATED", []):
+    """The answered edges and the fault-injection counts quoted in
+    docs/reliability.md."""
+    for what in SIMULATED:
         terminalreporter.write_line(f"simulated in this run: {what}")
-    faults = sys.modules.get("test_faults")
-    tally = getattr(faults, "TALLY", None)
-    if tally and tally["injected"]:
+    if FAULTS["injected"]:
         terminalreporter.write_line(
-            f"faults injected: {tally['injected']}, escaped: {tally['escaped']}, "
-            f"partial patches: {tally['partial']}"
+            f"faults injected: {FAULTS['injected']}, escaped: {FAULTS['escaped']}, "
+            f"partial patches: {FAULTS['partial']}"
         )

@@ -55,6 +55,15 @@ class Records(logging.Handler):
         ]
 
 
+#: What tests/test_faults.py injected and what escaped, printed at the end of
+#: the run (docs/reliability.md quotes it).
+FAULTS = {"injected": 0, "escaped": 0, "partial": 0}
+
+#: The edges answered instead of being real in this run (vllm_support adds to
+#: it), printed at the end of the run.
+SIMULATED: list[str] = []
+
+
 def versions(**overrides: str | None):
     """A ``version_of`` that answers the installed versions, except for the
     distributions given (``flashinfer_python="0.6.6"``)."""

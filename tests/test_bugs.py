@@ -43,7 +43,6 @@ def decide(flashinfer: str, **env: str) -> policy.Decision:
 
 
 def test_entries_name_the_plugins_targets_and_methods():
-    assert bugs.MONOLITHIC_TARGETS == targets.TARGETS
     assert len({bug.id for bug in bugs.KNOWN_BUGS}) == len(bugs.KNOWN_BUGS)
     for bug in bugs.KNOWN_BUGS:
         assert set(bug.targets) <= set(targets.TARGETS), bug.id
@@ -212,6 +211,30 @@ def test_a_hidden_value_takes_the_entrys_hidden_action():
     )
     assert check.judge(GLM_5).refused
     assert not check.judge(DEEPSEEK_V3).refused
+
+
+@pytest.mark.parametrize(
+    ("asked", "actions"),
+    [
+        ("flashinfer#3875=guard", ("guard", "warn")),  # its own action: as is
+        ("flashinfer#3875=warn", ("warn", "warn")),
+        ("flashinfer#3946=guard", ("guard", "guard")),
+    ],
+)
+def test_asking_for_an_action_sets_the_hidden_one_only_when_it_changes(asked, actions):
+    """Naming an entry with its default action must not widen its guard to
+    layers whose n_group is hidden (DeepSeek-V3's grouped layers)."""
+    bug_id = asked.split("=")[0]
+    d = decide("0.6.14", VLLM_MOE_ROUTING_KNOWN_BUGS=asked)
+    finding = next(f for f in d.findings if f.bug.id == bug_id)
+    assert (finding.action, finding.hidden_action) == actions
+
+
+def test_a_copy_with_another_action_hides_nothing_else():
+    copy = bugs.FLASHINFER_3946.replace(action="guard")
+    assert (copy.action, copy.hidden_action) == ("guard", "guard")
+    kept = bugs.FLASHINFER_3875.replace(id="flashinfer#9998")
+    assert (kept.action, kept.hidden_action) == ("guard", "warn")
 
 
 def test_a_new_entry_reaches_the_decision(monkeypatch):

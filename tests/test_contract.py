@@ -9,14 +9,11 @@ follow the states the plugin must report, and what the checks must answer
 after it, for ``enable`` (FlashInfer >= 0.6.7) and ``guard`` (< 0.6.7; injected
 where the installed FlashInfer is fixed), plus the decision the installed
 FlashInfer must produce. The ``matrix`` sessions of noxfile.py run this file in one
-environment per release and FlashInfer variant and writes
-``docs/compatibility.md`` from the JSON each run leaves behind.
+environment per release and FlashInfer variant; scripts/matrix_row.py then
+records what docs/compatibility.md shows (this file only asserts).
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import pytest
 from packaging.version import Version
@@ -100,19 +97,6 @@ def routing_table(check: checks.RoutingCheck) -> dict[str, dict[str, bool]]:
     }
 
 
-def record(outcome: dict) -> None:
-    path = os.environ.get("MOE_ROUTING_MATRIX_JSON")
-    if not path:
-        return
-    existing = {}
-    if os.path.exists(path):
-        with open(path) as handle:
-            existing = json.load(handle)
-    existing.update(outcome)
-    with open(path, "w") as handle:
-        json.dump(existing, handle, indent=2, sort_keys=True)
-
-
 @pytest.mark.parametrize("action", ["enable", "guard"])
 def test_targets_states_and_answers(action):
     import sys
@@ -140,10 +124,6 @@ def test_targets_states_and_answers(action):
     states = {o.target.name: o.state for o in current.outcomes.values()}
     for name in CONTRACT:
         assert states[name] == expected_state(name, action), name
-    record(
-        {f"{action}:{name}": states[name] for name in CONTRACT}
-        | {f"{action}:line": current.line()}
-    )
     assert f"{LINE_HEAD}: {action} (" in current.line()
 
     for name, check in checks_found.items():
@@ -184,25 +164,6 @@ def test_installed_flashinfer_decides():
     assert current.decision.action == action
     line = current.line()
     assert f"{LINE_HEAD}: {action} (flashinfer-python {FLASHINFER} " in line
-    record(
-        {
-            "vllm": VLLM,
-            "flashinfer": FLASHINFER,
-            "action": action,
-            "line": line,
-            "known_bugs": [
-                f"{bug.id} {done}"
-                for bug in bugs.KNOWN_BUGS
-                for done in dict.fromkeys(
-                    plan.done
-                    for outcome in current.outcomes.values()
-                    for plan in outcome.planned
-                    if plan.bug is bug
-                )
-            ],
-        }
-        | {f"installed:{o.target.name}": o.state for o in current.outcomes.values()}
-    )
 
 
 #: Where each release builds a MoE layer (``scripts/layer_evidence.py``).
@@ -238,4 +199,3 @@ def test_the_layer_class_is_recognised():
         {"FusedMoE": "absent"},
         {"RoutedExperts": "absent"},
     ), outcomes
-    record({"layer_class": expected})

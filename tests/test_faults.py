@@ -20,6 +20,7 @@ from types import ModuleType
 
 import pytest
 
+from support import FAULTS
 from vllm_moe_routing_plugin import (
     activation,
     checks,
@@ -33,7 +34,6 @@ from vllm_support import SM100, import_target_modules
 
 pytestmark = pytest.mark.vllm(">=0.16")
 
-TALLY = {"injected": 0, "escaped": 0, "partial": 0}
 LOCATE = checks.locate  # the real one, for checking after a fault was injected
 
 
@@ -75,11 +75,11 @@ def load_plugins(monkeypatch, records):
 
     monkeypatch.setattr(vllm.plugins, "plugins_loaded", False)
     monkeypatch.setenv("VLLM_PLUGINS", "moe_routing")
-    TALLY["injected"] += 1
+    FAULTS["injected"] += 1
     try:
         vllm.plugins.load_general_plugins()
     except BaseException:
-        TALLY["escaped"] += 1
+        FAULTS["escaped"] += 1
         raise
     return failures(records)
 
@@ -101,14 +101,14 @@ def assert_whole(failed: set[targets.Target] = frozenset()) -> None:
         patched = outcome is not None and outcome.state == "patched"
         if target in failed or not patched:
             if not untouched:
-                TALLY["partial"] += 1
+                FAULTS["partial"] += 1
             assert untouched, target.name
             assert LOCATE(target, check.module).accepted() == before, target.name
         else:
             changed = {k for k in now if now[k] is not attributes.get(k)}
             expected = set(outcome.patch.attrs)
             if changed != expected:
-                TALLY["partial"] += 1
+                FAULTS["partial"] += 1
             assert changed == expected, target.name
 
 

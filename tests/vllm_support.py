@@ -19,6 +19,8 @@ import sys
 
 import pytest
 
+from support import SIMULATED
+
 FUSED_MOE = "vllm.model_executor.layers.fused_moe"
 FP8 = f"{FUSED_MOE}.experts.trtllm_fp8_moe"
 BF16 = f"{FUSED_MOE}.experts.trtllm_bf16_moe"
@@ -87,11 +89,6 @@ def accepted(check, scheme=(None, None), call="method") -> set[str]:
         if ok:
             names.add(member.name)
     return names
-
-
-#: Edges this run answered instead of the real machine; conftest prints them
-#: at the end of the run.
-SIMULATED: list[str] = []
 
 
 def simulated(what: str) -> None:

@@ -74,7 +74,7 @@ class Activation:
         self.pending: set[str] = set()
         self.hook: ImportHook | None = None
         self.line_logged = False
-        self.layer_kinds: dict[tuple[Any, ...], int] = {}  # MoE layers built, by kind
+        self.layer_kinds: set[tuple[Any, ...]] = set()  # kinds of MoE layer reported
         self.warned: set[str] = set()  # known bugs (and failures) warned about
 
     def on_import(self, module: ModuleType) -> None:
@@ -135,10 +135,9 @@ class Activation:
             if not build.verdicts:
                 return  # no layer check was asked about it
             key = log_line.kind(build.verdicts)
-            seen = self.layer_kinds.get(key, 0)
-            self.layer_kinds[key] = seen + 1
-            if seen:
+            if key in self.layer_kinds:
                 return
+            self.layer_kinds.add(key)
             chosen = log_line.chosen_kernel(build.layer)
             name = layers.name(build.layer)
             report = log_line.LayerReport(build.verdicts, chosen, name)

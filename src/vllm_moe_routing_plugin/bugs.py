@@ -44,7 +44,6 @@ BF16_TARGETS: tuple[t.Target, ...] = (
     t.BF16_0_20,
     t.BF16_FUNCTION,
 )
-NVFP4_TARGETS: tuple[t.Target, ...] = (t.NVFP4_MONOLITHIC, t.NVFP4_FUNCTION)
 #: Every TRT-LLM monolithic routing check the plugin knows.
 MONOLITHIC_TARGETS: tuple[t.Target, ...] = t.TARGETS
 
@@ -104,12 +103,6 @@ class Layers:
         if False in answers:
             return False
         return None if None in answers else True
-
-    @property
-    def needs_layer(self) -> bool:
-        """Whether deciding needs the layer's own values (beyond the method,
-        experts and top_k every routing check sees)."""
-        return self.groups is not None or self.bias or self.scaled
 
     @property
     def hidden(self) -> str:
@@ -176,7 +169,7 @@ class KnownBug:
     """One catalogue entry."""
 
     __slots__ = (
-        "action", "defect", "fixed_in", "hidden_action", "id", "introduced_by",
+        "_hidden_action", "action", "defect", "fixed_in", "id", "introduced_by",
         "introduced_in", "kernels", "layers", "references", "remove_when",
         "targets", "title", "why", "wrong",
     )  # fmt: skip
@@ -212,14 +205,20 @@ class KnownBug:
         self.introduced_by = introduced_by
         self.fixed_in = fixed_in
         self.defect = defect
-        self.hidden_action = hidden_action or action
+        self._hidden_action = hidden_action  # as given: None follows ``action``
         self.references = references
         self.remove_when = remove_when
 
     def replace(self, **changes: Any) -> KnownBug:
-        """A copy with some fields changed (tests build entries this way)."""
-        fields = {name: getattr(self, name) for name in self.__slots__}
+        """A copy with some fields changed (tests build entries this way); a
+        hidden action not given follows the copy's action."""
+        fields = {name.lstrip("_"): getattr(self, name) for name in self.__slots__}
         return KnownBug(**{**fields, **changes})
+
+    @property
+    def hidden_action(self) -> Action:
+        """The action where the layer's deciding values are hidden."""
+        return self._hidden_action or self.action
 
     def __repr__(self) -> str:
         return f"KnownBug({self.id})"

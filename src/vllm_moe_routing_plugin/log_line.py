@@ -145,7 +145,7 @@ class LayerReport:
         TrtLlmFp8ExpertsModular: flashinfer#3875 guarded``."""
         done = [f"{b.id} guarded" for b in self.guarded]
         if self.forced:
-            done.append("Renormalize refused by VLLM_MOE_ROUTING_RENORMALIZE=disable")
+            done.append(f"Renormalize refused by {RENORMALIZE_VAR}=disable")
         done += [f"{b.id} fixed" for b in self.fixed]
         done += [f"{b.id} warned" for b, _, _ in self.warned]
         kernel = f" -> {self.chosen}" if self.chosen else ""

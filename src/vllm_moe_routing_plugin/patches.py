@@ -36,7 +36,7 @@ from . import layers
 from .about import LOGGER, PLUGIN
 from .checks import MARKER, Unrecognised, caller
 from .errors import describe_error
-from .policy import LayerCheck, Verdict
+from .policy import LayerCheck
 from .targets import Target
 
 
@@ -81,14 +81,20 @@ def _refused(
     method: Any,
     scheme_of: Callable[[Any, Any], str],
     keys: tuple[Any, Any] = (None, None),
-    num_experts: int | None = None,
-    top_k: int | None = None,
-) -> Verdict | None:
+    moe_config: Any = None,
+) -> str | None:
     """The verdict on the layer being built, kept with it (``layers.Build``),
-    where an entry planned here concerns its routing method; returned where
-    it refuses the layer. Runs inside vLLM's backend selection, so it never
-    raises: a failure leaves vLLM's own answer, with one WARNING."""
+    where an entry planned here concerns its routing method; its reason where
+    it refuses the layer. ``moe_config`` (vLLM's ``FusedMoEConfig``, for the
+    config checks) gives the method, experts and top_k instead. Runs inside
+    vLLM's backend selection, so it never raises: a failure leaves vLLM's own
+    answer, with one WARNING."""
     try:
+        num_experts = top_k = None
+        if moe_config is not None:
+            method = getattr(moe_config, "routing_method", None)
+            num_experts = getattr(moe_config, "num_experts", None)
+            top_k = getattr(moe_config, "experts_per_token", None)
         name = _NAMES.get(method)
         if name is None:
             name = _NAMES.setdefault(method, getattr(method, "name", None))
@@ -99,7 +105,7 @@ def _refused(
         verdict = check.judge(facts)
         if build is not None:
             build.verdicts.append((target, verdict))
-        return verdict if verdict.refused else None
+        return verdict.reason() if verdict.refused else None
     except Exception as exc:
         _failed(target, check, exc)
         return None
@@ -152,20 +158,13 @@ def layer_config_check(
         supported, reason = original(cls, moe_config, *args, **kwargs)
         if not supported:
             return supported, reason
-        refused = _refused(
-            target,
-            check,
-            getattr(moe_config, "routing_method", None),
-            scheme_of,
-            (
-                args[0] if args else kwargs.get("weight_key"),
-                args[1] if len(args) > 1 else kwargs.get("activation_key"),
-            ),
-            getattr(moe_config, "num_experts", None),
-            getattr(moe_config, "experts_per_token", None),
+        keys = (
+            args[0] if args else kwargs.get("weight_key"),
+            args[1] if len(args) > 1 else kwargs.get("activation_key"),
         )
-        if refused is not None:
-            return False, refused.reason()
+        refusal = _refused(target, check, None, scheme_of, keys, moe_config)
+        if refusal is not None:
+            return False, refusal
         return supported, reason
 
     is_supported_config.__doc__ = original.__doc__

@@ -374,7 +374,11 @@ def findings(
         if _renormalize_bug(bug):
             found.append(Finding(bug, bug.in_range(release), renormalize))
         elif bug.id in asked:
-            found.append(Finding(bug, bug.in_range(release), asked[bug.id]))
+            # Asking for an entry's own action keeps what it does where the
+            # layer's values are hidden; another action applies to both.
+            action = asked[bug.id]
+            hidden = bug.hidden_action if action == bug.action else action
+            found.append(Finding(bug, bug.in_range(release), action, hidden))
         else:
             found.append(
                 Finding(bug, bug.in_range(release), bug.action, bug.hidden_action)

@@ -269,10 +269,14 @@ def answer(decision: policy.Decision) -> str:
 
 
 def known_bug_rows(
-    decision: policy.Decision, outcomes: Sequence[patching.Outcome]
+    decision: policy.Decision,
+    outcomes: Sequence[patching.Outcome],
+    probed: bool = True,
 ) -> list[KnownBugRow]:
     """Every catalogue entry: its layers, whether this install is in its
-    range, and the targets of this vLLM where its layers are judged."""
+    range, and the targets of this vLLM where its layers are judged. A bug in
+    vLLM's code is in range where probing this vLLM's code found it (unless
+    the targets were not probed: then wherever the decision reads versions)."""
     rows = []
     for finding in decision.findings or policy.out_of_range():
         bug = finding.bug
@@ -281,13 +285,16 @@ def known_bug_rows(
             for o in outcomes
             if any(plan.bug is bug for plan in o.planned)
         ]
+        in_range = finding.in_range
+        if bug.defect is not None and probed:
+            in_range = in_range and bool(applies_to)
         rows.append(
             KnownBugRow(
                 id=bug.id,
                 title=bug.title,
                 layers=str(bug.layers),
                 affected=bug.affected,
-                in_range=finding.in_range,
+                in_range=in_range,
                 applies_to=applies_to,
                 action=finding.action,
                 hidden_action=finding.hidden_action,
@@ -410,7 +417,7 @@ def collect(
         vllm_problem=vllm_problem,
         problems=problems,
         advice=recommend(decision, installed),
-        known_bugs=known_bug_rows(decision, outcomes),
+        known_bugs=known_bug_rows(decision, outcomes, probed=not args.no_targets),
     )
 
 
