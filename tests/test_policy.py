@@ -69,7 +69,7 @@ def test_fixed_flashinfer_enables(version):
 def test_buggy_flashinfer_guards_the_envelope(version):
     d = decide(facts(flashinfer=version))
     assert d.action == "guard"
-    assert not d.forced
+    assert not d.refuses_renormalize
     assert "flashinfer#2822" in d.reason
     renormalize = d.findings[0]
     assert renormalize.bug.id == "flashinfer#2822"
@@ -84,7 +84,7 @@ def renormalize_check(d):
         for f in d.acting
         if f.bug.id == "flashinfer#2822"
     )
-    return policy.LayerCheck(plans, d.forced, d.flashinfer)
+    return policy.LayerCheck(plans, d.refuses_renormalize, d.flashinfer)
 
 
 def refuses(check, experts, top_k):
@@ -114,7 +114,7 @@ def test_forced_enable_and_disable():
     assert not renormalize_check(forced).planned  # flashinfer#2822 ignored
     d = decide(facts("0.7.4"), VLLM_MOE_ROUTING_RENORMALIZE="disable")
     assert d.action == "guard"
-    assert d.forced and refuses(renormalize_check(d), 128, 8)
+    assert d.refuses_renormalize and refuses(renormalize_check(d), 128, 8)
     assert "VLLM_MOE_ROUTING_RENORMALIZE=disable" in d.reason
 
 

@@ -294,7 +294,7 @@ def _watch(activation: Activation, *, patch: bool = True) -> None:
 def watches_layers(decision: policy.Decision) -> bool:
     """Whether the layer checks need the layers being built: the decision
     acts and some known bug is in range (or Renormalize is refused)."""
-    return decision.acts and (bool(decision.acting) or decision.forced)
+    return decision.acts and (bool(decision.acting) or decision.refuses_renormalize)
 
 
 def deactivate() -> None:

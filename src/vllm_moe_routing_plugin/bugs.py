@@ -14,7 +14,7 @@ the released FlashInfer and vLLM wheels, is in docs/known-bugs.md.
 
 Three things, one name each: an entry's *install range* (``in_range``: this
 FlashInfer has it), the *layers* it hits (``Layers.hits``), and the decision
-for one layer (``policy.judge``).
+for one layer (``policy.LayerCheck.judge``).
 
 Methods are vLLM's ``RoutingMethodType`` member names; enum values move
 between vLLM releases.
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
 
     #: What the plugin does for a layer an entry hits: refuse the fused
     #: routing, pass vLLM's dropped value on (a backport), or only say so.
-    Action = Literal["guard", "fix", "warn"]
+    DefaultAction = Literal["guard", "fix", "warn"]
 
 #: The routing methods this plugin lets the fused kernels do (softmax + top-k
 #: + renormalise: Qwen3, Qwen3.5, Mixtral-style models).
@@ -180,7 +180,7 @@ class KnownBug:
         id: str,  # the upstream issue or pull request, e.g. "flashinfer#2822"
         title: str,  # what goes wrong, one line
         wrong: str,  # what the kernel does, after "FlashInfer <version> "
-        action: Action,  # what the plugin does for a layer the entry hits
+        action: DefaultAction,  # what the plugin does for a layer the entry hits
         why: str,  # why that action and not another
         layers: Layers,  # the layers it hits
         kernels: tuple[str, ...],  # FlashInfer functions that have it
@@ -189,7 +189,7 @@ class KnownBug:
         introduced_by: str = "",  # the change that brought it, e.g. "flashinfer#1831"
         fixed_in: tuple[int, ...] | None = None,  # first FlashInfer release without it
         defect: VllmDefect | None = None,  # for a bug in vLLM's own code
-        hidden_action: Action | None = None,  # where the deciding values are hidden
+        hidden_action: DefaultAction | None = None,  # where its values are hidden
         references: tuple[str, ...],  # upstream issues and pull requests
         remove_when: str,  # when the entry (and its guard) can be deleted
     ) -> None:
@@ -216,7 +216,7 @@ class KnownBug:
         return KnownBug(**{**fields, **changes})
 
     @property
-    def hidden_action(self) -> Action:
+    def hidden_action(self) -> DefaultAction:
         """The action where the layer's deciding values are hidden."""
         return self._hidden_action or self.action
 

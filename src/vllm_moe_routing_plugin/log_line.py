@@ -111,7 +111,8 @@ class LayerReport:
     """One layer built, from the verdicts its routing checks reached."""
 
     __slots__ = (
-        "blind", "chosen", "fixed", "forced", "guarded", "layer", "name", "warned",
+        "blind", "chosen", "fixed", "guarded", "layer", "name", "refused_renormalize",
+        "warned",
     )  # fmt: skip
 
     def __init__(
@@ -137,14 +138,14 @@ class LayerReport:
             for bug in verdict.warned:
                 if all(bug is not seen for seen, _, _ in self.warned):
                     self.warned.append((bug, verdict, target))
-        self.forced = refused and not self.guarded
+        self.refused_renormalize = refused and not self.guarded
 
     def line(self) -> str:
         """``moe_routing: model.layers.3.mlp.experts and later layers like it:
         DeepSeekV3, 256 experts, top_k 8, n_group 1, bias, scale 1, fp8-block ->
         TrtLlmFp8ExpertsModular: flashinfer#3875 guarded``."""
         done = [f"{b.id} guarded" for b in self.guarded]
-        if self.forced:
+        if self.refused_renormalize:
             done.append(f"Renormalize refused by {RENORMALIZE_VAR}=disable")
         done += [f"{b.id} fixed" for b in self.fixed]
         done += [f"{b.id} warned" for b, _, _ in self.warned]

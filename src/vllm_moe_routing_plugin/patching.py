@@ -184,7 +184,9 @@ def _bring_in_line(
                 done = fix if done == "fixed" else done
                 hidden_done = fix if hidden_done == "fixed" else hidden_done
             planned.append(Planned(bug, done, hidden_done))
-        forced = decision.forced and bool(accepted.intersection(RENORMALIZE_METHODS))
+        refuses = decision.refuses_renormalize and bool(
+            accepted.intersection(RENORMALIZE_METHODS)
+        )
         if lacking:
             wanted = tuple(getattr(found.methods, m) for m in RENORMALIZE_METHODS)
             replacement = patches.widened_routing_check(target, found.check, wanted)
@@ -194,8 +196,8 @@ def _bring_in_line(
             details.append(" ".join(f"+{m}" for m in lacking))
             _verified(found, before, parts[-1])
         check = None
-        if planned or forced:
-            check = LayerCheck(tuple(planned), forced, decision.flashinfer)
+        if planned or refuses:
+            check = LayerCheck(tuple(planned), refuses, decision.flashinfer)
             parts.append(_layer_check(found, check))
             details.append("checks each layer")
     except BaseException:

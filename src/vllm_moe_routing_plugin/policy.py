@@ -30,9 +30,10 @@ from .layers import LayerFacts
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
 
-    Action = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
-    #: What the plugin does for the layers an in-range entry hits.
-    BugAction = Literal["guard", "fix", "warn", "ignore"]
+    from .envs import BugAction
+
+    #: The process's decision (the log line's first word).
+    DecisionAction = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
     #: What was done for one entry at one target (a ``fix`` whose backport
     #: could not be applied there guards instead).
     Done = Literal["guarded", "fixed", "warned"]
@@ -76,17 +77,18 @@ class Decision:
     """What the plugin does in this process, and why."""
 
     __slots__ = (
-        "action", "findings", "flashinfer", "forced", "notes", "overridden", "reason",
+        "action", "findings", "flashinfer", "notes", "overridden", "reason",
+        "refuses_renormalize",
     )  # fmt: skip
 
     def __init__(
         self,
-        action: Action,
+        action: DecisionAction,
         reason: str,
         findings: tuple[Finding, ...] = (),
         *,
         flashinfer: str | None = None,  # the FlashInfer version that counts
-        forced: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
+        refuses_renormalize: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
         notes: tuple[str, ...] = (),
         overridden: tuple[KnownBug, ...] = (),
     ) -> None:
@@ -94,7 +96,7 @@ class Decision:
         self.reason = reason
         self.findings = findings
         self.flashinfer = flashinfer
-        self.forced = forced
+        self.refuses_renormalize = refuses_renormalize
         self.notes = notes
         #: In-range Renormalize entries VLLM_MOE_ROUTING_RENORMALIZE=enable lets
         #: through: the fused kernels route their layers anyway.
@@ -147,7 +149,7 @@ class Verdict:
         """The sentence vLLM prints after "does not support the deployment
         configuration since"."""
         parts = []
-        if self.check.forced and self.layer.method in RENORMALIZE_METHODS:
+        if self.check.refuses_renormalize and self.layer.method in RENORMALIZE_METHODS:
             methods = "/".join(RENORMALIZE_METHODS)
             parts.append(
                 f"{RENORMALIZE_VAR}=disable refuses in-kernel {methods} routing"
@@ -174,18 +176,21 @@ class LayerCheck:
     """The entries planned at one target, judged for each layer vLLM asks it
     about (``patches.layer_config_check``, ``patches.layer_routing_function``)."""
 
-    __slots__ = ("_verdicts", "failed", "flashinfer", "forced", "methods", "planned")
+    __slots__ = (
+        "_verdicts", "failed", "flashinfer", "methods", "planned",
+        "refuses_renormalize",
+    )  # fmt: skip
 
     def __init__(
         self,
         planned: tuple[Planned, ...],
-        forced: bool = False,
+        refuses_renormalize: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
         flashinfer: str | None = None,
     ) -> None:
         self.planned = planned
-        self.forced = forced
+        self.refuses_renormalize = refuses_renormalize
         self.flashinfer = flashinfer
-        methods: set[str] = set(RENORMALIZE_METHODS) if forced else set()
+        methods: set[str] = set(RENORMALIZE_METHODS) if refuses_renormalize else set()
         for plan in planned:
             methods.update(plan.bug.layers.methods)
         #: The routing methods some entry here concerns; None: every method.
@@ -198,7 +203,8 @@ class LayerCheck:
         self.failed = False  # judging raised once (``patches`` warned)
 
     def __repr__(self) -> str:
-        return f"LayerCheck({self.planned!r}, forced={self.forced})"
+        refuses = self.refuses_renormalize
+        return f"LayerCheck({self.planned!r}, refuses_renormalize={refuses})"
 
     def judge(self, layer: LayerFacts) -> Verdict:
         """Which planned entries hit ``layer``, and whether its fused routing
@@ -214,7 +220,7 @@ class LayerCheck:
 
     def _judged(self, layer: LayerFacts) -> Verdict:
         verdict = Verdict(layer, self)
-        if self.forced and layer.method in RENORMALIZE_METHODS:
+        if self.refuses_renormalize and layer.method in RENORMALIZE_METHODS:
             verdict.refused = True
         for plan in self.planned:
             hit = plan.bug.layers.hits(layer)
@@ -424,9 +430,9 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     version, found = _flashinfer_in_use(facts)
     shown = str(version) if version else None
     if settings.renormalize == "enable":
-        forced = findings(version, "ignore", asked)
+        let_through = findings(version, "ignore", asked)
         overridden = tuple(
-            f.bug for f in forced if f.in_range and _renormalize_bug(f.bug)
+            f.bug for f in let_through if f.in_range and _renormalize_bug(f.bug)
         )
         over = ""
         if overridden:
@@ -437,7 +443,7 @@ def decide(facts: Facts, settings: Settings) -> Decision:
         return Decision(
             "enable",
             reason,
-            forced,
+            let_through,
             flashinfer=shown,
             notes=notes,
             overridden=overridden,
@@ -449,7 +455,7 @@ def decide(facts: Facts, settings: Settings) -> Decision:
             reason,
             findings(version, "guard", asked),
             flashinfer=shown,
-            forced=True,
+            refuses_renormalize=True,
             notes=notes,
         )
     if version is None:

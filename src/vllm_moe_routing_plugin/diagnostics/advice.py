@@ -95,7 +95,7 @@ def recommend(
 ) -> Recommendation | None:
     """An install command where the guard stands only because this
     FlashInfer predates a fix and this vLLM's calls bind to the advised one."""
-    if decision.action != "guard" or decision.forced:
+    if decision.action != "guard" or decision.refuses_renormalize:
         return None
     advice = for_vllm(versions.get(facts.VLLM))
     if advice is None:

@@ -220,7 +220,7 @@ def preview_targets(
         row.layer_check = [
             f"{plan.bug.id} {plan.done}: {plan.bug.layers}" for plan in outcome.planned
         ]
-        if outcome.check is not None and outcome.check.forced:
+        if outcome.check is not None and outcome.check.refuses_renormalize:
             row.layer_check.insert(
                 0, f"{envs.RENORMALIZE_VAR}=disable: every Renormalize layer refused"
             )
@@ -243,7 +243,7 @@ def answer(decision: policy.Decision) -> str:
             "this FlashInfer routes them correctly."
         )
     if decision.action == "guard":
-        if decision.forced:
+        if decision.refuses_renormalize:
             return f"{methods} MoE layers are kept off the fused TRT-LLM kernels."
         guarded = [
             str(f.bug.layers)
