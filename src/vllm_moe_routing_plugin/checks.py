@@ -174,9 +174,14 @@ def locate_layer_class(layer_class: LayerClass, module: ModuleType) -> type | No
     """The class that builds a MoE layer in ``module``; None where this vLLM
     has none there (from 0.24 ``layer.FusedMoE`` is a factory function).
 
-    Raises ``Unrecognised`` when its constructor does not set, itself, every
-    attribute ``layers`` reads and ``quant_method`` (where the backend
-    oracle runs): read from the names the compiled ``__init__`` stores.
+    Raises ``Unrecognised`` when its constructor does not name, itself, every
+    attribute ``layers`` reads and ``quant_method`` (where the backend oracle
+    runs). A cheap screen, not a proof: ``co_names`` holds the names the
+    compiled ``__init__`` stores or reads, in no order (walking its bytecode
+    with ``dis`` would cost more import time than the patch's budget). That
+    each release sets them before its oracle runs is checked on real layers
+    (tests/test_layers.py), and a value the layer lacks when asked counts as
+    hidden (``layers.facts``).
     """
     owner = getattr(module, layer_class.owner, None)
     if not isinstance(owner, type):
