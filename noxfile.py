@@ -296,6 +296,24 @@ def known_bugs(session: nox.Session, env: Env) -> None:
                                       "tests/test_layers.py"]))  # fmt: skip
 
 
+COVERAGE = "coverage[toml]==7.*"
+
+
+@nox.session
+def coverage(session: nox.Session) -> None:
+    """Line and branch coverage of the plugin's runtime (its diagnostics
+    left out) by the suite in the patch path's environment, less the tests
+    that start processes; prints the figure (``-- ARGS`` go to pytest)."""
+    install(session, PATCH_PATH)
+    session.install(COVERAGE)
+    session.run(
+        "coverage", "run", "--branch", "--source=vllm_moe_routing_plugin",
+        "--omit=*/diagnostics/*", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+        "-m", "not processes", *(session.posargs or ["tests"]),
+    )  # fmt: skip
+    session.run("coverage", "report", "--skip-empty")
+
+
 @nox.session
 def status(session: nox.Session) -> None:
     """``vllm-moe-routing status`` with vLLM 0.19.1 and FlashInfer 0.6.7
