@@ -306,6 +306,7 @@ def coverage(session: nox.Session) -> None:
     that start processes; prints the figure (``-- ARGS`` go to pytest)."""
     install(session, PATCH_PATH)
     session.install(COVERAGE)
+    session.env["COVERAGE_FILE"] = str(ROOT / "build" / ".coverage")
     session.run(
         "coverage", "run", "--branch", "--source=vllm_moe_routing_plugin",
         "--omit=*/diagnostics/*", "-m", "pytest", "-p", "no:cacheprovider", "-q",
