@@ -481,3 +481,22 @@ def test_no_targets_does_not_claim_this_vllm_has_none():
     report = _collect(installed_version={"flashinfer-python": "0.6.7"}.get)
     assert report.action == "enable"
     assert report.line.endswith(" - targets not probed (--no-targets)"), report.line
+
+
+def test_a_known_bugs_item_that_cannot_be_honoured_is_not_shown_as_used():
+    args = cli.parser().parse_args(["status", "--capability", "10.0", "--no-targets"])
+    report = status_report.collect(
+        args,
+        {
+            "VLLM_MOE_ROUTING_KNOWN_BUGS": (
+                "flashinfer#3946=guard,flashinfer#3964=guard,flashinfer#4237=guard"
+            )
+        },
+    )
+    row = next(r for r in report.settings if r.name == "VLLM_MOE_ROUTING_KNOWN_BUGS")
+    assert row.shown == "flashinfer#3946=guard"
+    assert not row.valid
+    assert "names flashinfer#3964, not a known bug" in row.problem
+    assert "flashinfer#4237 cannot be guarded" in row.problem
+    assert "INVALID, used as shown" in status_report.render(report)
+    assert status_report.exit_status(report) == 1

@@ -191,3 +191,30 @@ def test_a_forced_enable_names_the_bug_it_lets_through(records):
         "(flashinfer#2822; fixed in 0.6.7); set it to auto unless this FlashInfer "
         "build has the fix"
     ]
+
+
+def test_a_known_bugs_item_that_cannot_be_honoured_is_a_warning(records):
+    """A transposed id (flashinfer#3964 for #3946) must not pass as
+    protection: a WARNING names it, and the decision line stays the
+    decision."""
+    from support import LINE_HEAD, versions
+    from vllm_moe_routing_plugin import activation
+
+    current = activation.activate(
+        {
+            "VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0",
+            "VLLM_MOE_ROUTING_KNOWN_BUGS": (
+                "flashinfer#3964=guard,flashinfer#4237=guard"
+            ),
+        },
+        version_of=versions(flashinfer_python="0.6.14"),
+        register_env=lambda: True,
+    )
+    assert records.lines(logging.WARNING) == [
+        "moe_routing: VLLM_MOE_ROUTING_KNOWN_BUGS names flashinfer#3964, not a known "
+        "bug; ignored",
+        "moe_routing: VLLM_MOE_ROUTING_KNOWN_BUGS: flashinfer#4237 cannot be guarded "
+        "(not a routing bug); it stays warn",
+    ]
+    assert current.line().startswith(f"{LINE_HEAD}: enable (")
+    assert "note" not in current.line()

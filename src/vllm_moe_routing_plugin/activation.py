@@ -238,6 +238,11 @@ def activate(
         found, decision = policy.decide_here(settings, read_gpus, read_versions)
     if found.gpu_query_failed:
         logger.warning("%s: %s", PLUGIN, found.gpu_error)
+    # What the plugin cannot honour (a KNOWN_BUGS item it cannot apply, a
+    # FlashInfer companion-wheel mismatch) is a WARNING: an id with a typo
+    # must not pass as protection.
+    for note in decision.notes:
+        logger.warning("%s: %s", PLUGIN, note)
     for bug in decision.overridden:
         logger.warning("%s", log_line.overridden_warning(bug, decision))
     activation = Activation(__version__, settings, found, decision)

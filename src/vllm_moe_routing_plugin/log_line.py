@@ -71,10 +71,7 @@ def decision_line(
     outcomes = list(outcomes)
     head = f"{PLUGIN} {version}: {decision.action} ({decision.reason})"
     tail = target_part(outcomes, pending, probed) if decision.acts else "vLLM unchanged"
-    line = f"{head} - {tail}"
-    for note in decision.notes:
-        line += f"; note: {note}"
-    return line
+    return f"{head} - {tail}"
 
 
 def import_line(outcomes: Iterable[Outcome]) -> str:

@@ -89,7 +89,7 @@ class Decision:
         *,
         flashinfer: str | None = None,  # the FlashInfer version that counts
         refuses_renormalize: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
-        notes: tuple[str, ...] = (),
+        notes: tuple[str, ...] = (),  # what cannot be honoured: WARNINGs
         overridden: tuple[KnownBug, ...] = (),
     ) -> None:
         self.action = action
@@ -333,9 +333,10 @@ def _renormalize_bug(bug: KnownBug) -> bool:
     return any(m in RENORMALIZE_METHODS for m in bug.layers.methods)
 
 
-def bug_setting_notes(settings: Settings) -> tuple[str, ...]:
-    """What cannot be honoured in ``VLLM_MOE_ROUTING_KNOWN_BUGS``."""
-    return _bug_settings(settings)[1]
+def bug_settings(settings: Settings) -> tuple[dict[str, BugAction], tuple[str, ...]]:
+    """The items of ``VLLM_MOE_ROUTING_KNOWN_BUGS`` that are honoured, and
+    notes on the ones that cannot be."""
+    return _bug_settings(settings)
 
 
 def _bug_settings(settings: Settings) -> tuple[dict[str, BugAction], tuple[str, ...]]:

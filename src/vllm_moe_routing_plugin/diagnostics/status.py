@@ -375,7 +375,8 @@ def collect(
     problems = [p for p in (plugin.problem,) if p]
     problems += list(settings.problems)
     problems += list(policy.companion_notes(found))
-    problems += list(policy.bug_setting_notes(settings))
+    honoured, bug_notes = policy.bug_settings(settings)
+    problems += list(bug_notes)
     return StatusReport(
         answer=answer(decision),
         action=decision.action,
@@ -384,18 +385,7 @@ def collect(
             __version__, decision, outcomes, pending, probed=not args.no_targets
         ),
         plugin=plugin,
-        settings=[
-            SettingRow(
-                name=r.name,
-                raw=r.raw,
-                value=list(r.value) if isinstance(r.value, tuple) else r.value,
-                valid=r.valid,
-                problem=r.problem,
-                shown=envs.show(r.name, r.value),
-                default=r.value == _default(r.name),
-            )
-            for r in settings.readings
-        ],
+        settings=[_setting_row(r, honoured, bug_notes) for r in settings.readings],
         packages=installed,
         assumed_versions=assumed_versions,
         package_notes=[
@@ -429,6 +419,31 @@ def _methods(table: Mapping[str, Sequence[str]] | None) -> list[str]:
     if not table:
         return []
     return [f"{scheme}: {' '.join(names) or '-'}" for scheme, names in table.items()]
+
+
+def _setting_row(
+    reading: envs.Reading,
+    honoured: Mapping[str, str],
+    bug_notes: Sequence[str],
+) -> SettingRow:
+    """One variable as set and as used. A ``VLLM_MOE_ROUTING_KNOWN_BUGS``
+    item that parses but cannot be honoured (an unknown id, a guard for a bug
+    that is not a routing bug) is left out of the value used, and the row is
+    marked, as for an item that does not parse."""
+    value, valid, problem = reading.value, reading.valid, reading.problem
+    if reading.name == envs.KNOWN_BUGS_VAR and bug_notes:
+        value = tuple((i, a) for i, a in reading.value if honoured.get(i) == a)
+        valid = False
+        problem = "; ".join(filter(None, [problem, *bug_notes]))
+    return SettingRow(
+        name=reading.name,
+        raw=reading.raw,
+        value=list(value) if isinstance(value, tuple) else value,
+        valid=valid,
+        problem=problem,
+        shown=envs.show(reading.name, value),
+        default=value == _default(reading.name),
+    )
 
 
 def render(status: StatusReport) -> str:
