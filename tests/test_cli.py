@@ -500,3 +500,15 @@ def test_a_known_bugs_item_that_cannot_be_honoured_is_not_shown_as_used():
     assert "flashinfer#4237 cannot be guarded" in row.problem
     assert "INVALID, used as shown" in status_report.render(report)
     assert status_report.exit_status(report) == 1
+
+
+def test_no_targets_says_the_targets_were_not_probed():
+    args = cli.parser().parse_args(
+        ["status", "--capability", "10.0", "--flashinfer", "0.6.14", "--no-targets"]
+    )
+    report = status_report.collect(args, {})
+    assert report.targets_probed is False
+    text = status_report.render(report).splitlines()
+    assert text[text.index("targets") + 1] == "  not probed (--no-targets)"
+    entry = next(line for line in text if line.startswith("  flashinfer#3875 "))
+    assert entry.endswith("; at targets not probed (--no-targets)"), entry

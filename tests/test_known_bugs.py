@@ -171,9 +171,24 @@ def test_status_on_0_19_as_pinned_has_2822_in_range_and_not_with_0_6_7():
 
 
 @pytest.mark.vllm("==0.19.1")
-def test_status_has_nothing_in_range_without_an_sm100_gpu():
-    bugs = status_json("--capability", "9.0")
-    assert [k for k, v in bugs.items() if v["in_range"]] == []
+def test_without_an_sm100_gpu_status_says_what_is_in_range_and_acts_on_none():
+    """A build host plans before it has the GPU: the FlashInfer entries in
+    range are those an SM100 GPU would have, applied nowhere."""
+    here = status_json("--capability", "9.0")
+    there = status_json("--capability", "10.0")
+
+    def flashinfer_in_range(bugs):
+        return {k for k, v in bugs.items() if v["in_range"] and v["fixed_in"]}
+
+    assert flashinfer_in_range(here) == flashinfer_in_range(there) != set()
+    assert all(v["applies_to"] == [] for v in here.values())
+    report = status.collect(
+        cli.parser().parse_args(["status", "--capability", "9.0"]), {}
+    )
+    assert (
+        "known bugs (the plugin acts on none here: not-applicable; in range of this "
+        "FlashInfer on an SM100/SM103 GPU:)"
+    ) in status.render(report).splitlines()
 
 
 # The log: what a vLLM process says about the known bugs before any layer
@@ -222,7 +237,7 @@ def test_status_text_lists_the_entries_in_range_first():
 def test_status_text_says_what_an_entry_does_where_its_action_cannot_apply():
     """A guard that warns where the layer's values are hidden, and a fix that
     guards where no backport fits vLLM's code (vLLM 0.19's BF16 function has
-    none: the entry's layers are guarded there)."""
+    none: the entry's layers are guarded there, and status says guard)."""
     report = status.collect(
         cli.parser().parse_args(["status", "--capability", "10.0"]), {}
     )
@@ -236,10 +251,12 @@ def test_status_text_says_what_an_entry_does_where_its_action_cannot_apply():
         f"TrtLlmFp8ExpertsMonolithic, {bf16}"
     ), text
     assert entries["vllm#43769"] == (
-        "  vllm#43769       fix (a backport where vLLM's code is the one it fixes, "
-        "else guard); in range (vLLM 0.16.0 - 0.21.0 (0.22.0 passes it)); at "
+        "  vllm#43769       guard (its fix has no backport for this vLLM's code); in "
+        "range (vLLM 0.16.0 - 0.21.0 (0.22.0 passes it)); at "
         f"{bf16}"
     ), text
+    row = next(b for b in report.known_bugs if b.id == "vllm#43769")
+    assert (row.action, row.default_action) == ("guard", "fix")
     assert any(
         line.strip() == "layers vllm#43769 guarded: DeepSeekV3 layers whose "
         "routed_scaling_factor into the kernel is not 1"

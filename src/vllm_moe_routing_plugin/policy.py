@@ -393,6 +393,17 @@ def findings(
     return tuple(found)
 
 
+def findings_here(facts: Facts, settings: Settings) -> tuple[Finding, ...]:
+    """Each entry against the FlashInfer in use as if on an SM100/SM103 GPU,
+    with the actions the settings ask for: what ``status`` shows where the
+    decision itself reads no versions (no such GPU here, the plugin
+    disabled), for a host that plans before it has the GPU."""
+    version, _ = _flashinfer_in_use(facts)
+    asked, _ = _bug_settings(settings)
+    renormalize: BugAction = "ignore" if settings.renormalize == "enable" else "guard"
+    return findings(version, renormalize, asked)
+
+
 def out_of_range() -> tuple[Finding, ...]:
     """Every entry, none in range (a decision that reads no versions:
     disabled, not applicable, unknown)."""

@@ -96,6 +96,7 @@ class KnownBugRow:
     applies_to: list[str]  # this vLLM's targets where its layers are judged
     action: str  # what the plugin does for a layer it hits: guard, fix, warn, ignore
     hidden_action: str  # the same where the layer's deciding values are hidden
+    action_note: str | None  # why ``action`` is not the one asked for, if it is not
     default_action: str  # the entry's own action (VLLM_MOE_ROUTING_KNOWN_BUGS)
     fixed_in: str | None  # the first FlashInfer without it; None: a vLLM bug
     references: list[str]
@@ -122,6 +123,7 @@ class StatusReport:
     #: versions a what-if flag assumed instead of the installed ones
     assumed_versions: dict[str, str | None] = dataclasses.field(default_factory=dict)
     known_bugs: list[KnownBugRow] = dataclasses.field(default_factory=list)
+    targets_probed: bool = True  # False with --no-targets
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -272,13 +274,14 @@ def known_bug_rows(
     decision: policy.Decision,
     outcomes: Sequence[patching.Outcome],
     probed: bool = True,
+    planned: Sequence[policy.Finding] = (),
 ) -> list[KnownBugRow]:
     """Every catalogue entry: its layers, whether this install is in its
     range, and the targets of this vLLM where its layers are judged. A bug in
     vLLM's code is in range where probing this vLLM's code found it (unless
     the targets were not probed: then wherever the decision reads versions)."""
     rows = []
-    for finding in decision.findings or policy.out_of_range():
+    for finding in decision.findings or planned or policy.out_of_range():
         bug = finding.bug
         applies_to = [
             o.target.name
@@ -288,6 +291,12 @@ def known_bug_rows(
         in_range = finding.in_range
         if bug.defect is not None and probed:
             in_range = in_range and bool(applies_to)
+        action, hidden_action, action_note = finding.action, finding.hidden_action, None
+        done = {p.done for o in outcomes for p in o.planned if p.bug is bug}
+        if action == "fix" and done == {"guarded"}:
+            # No backport fits this vLLM's code: its layers are guarded.
+            action = hidden_action = "guard"
+            action_note = "its fix has no backport for this vLLM's code"
         rows.append(
             KnownBugRow(
                 id=bug.id,
@@ -296,8 +305,9 @@ def known_bug_rows(
                 affected=bug.affected,
                 in_range=in_range,
                 applies_to=applies_to,
-                action=finding.action,
-                hidden_action=finding.hidden_action,
+                action=action,
+                hidden_action=hidden_action,
+                action_note=action_note,
                 default_action=bug.action,
                 fixed_in=bug.fixed_in_text if bug.fixed_in is not None else None,
                 references=list(bug.references),
@@ -407,7 +417,13 @@ def collect(
         vllm_problem=vllm_problem,
         problems=problems,
         advice=recommend(decision, installed),
-        known_bugs=known_bug_rows(decision, outcomes, probed=not args.no_targets),
+        known_bugs=known_bug_rows(
+            decision,
+            outcomes,
+            probed=not args.no_targets,
+            planned=policy.findings_here(found, settings),
+        ),
+        targets_probed=not args.no_targets,
     )
 
 
@@ -459,16 +475,24 @@ def render(status: StatusReport) -> str:
         add(f"advice    {status.advice.command}")
         add(f"          {status.advice.reason}")
     add("")
-    add("known bugs (each MoE layer is judged when vLLM builds it)")
+    if status.action in ("enable", "guard"):
+        add("known bugs (each MoE layer is judged when vLLM builds it)")
+    else:
+        add(
+            f"known bugs (the plugin acts on none here: {status.action}; in range "
+            "of this FlashInfer on an SM100/SM103 GPU:)"
+        )
     in_range = [b for b in status.known_bugs if b.in_range]
     width = max((len(b.id) for b in in_range), default=0)
     for bug in in_range:
         where = ", ".join(bug.applies_to) or "no target of this vLLM"
+        if not status.targets_probed:
+            where = "targets not probed (--no-targets)"
         action = bug.action
         if bug.hidden_action != bug.action:
             action += f" ({bug.hidden_action} where the layer's values are hidden)"
-        if bug.action == "fix":
-            action += " (a backport where vLLM's code is the one it fixes, else guard)"
+        if bug.action_note:
+            action += f" ({bug.action_note})"
         add(f"  {bug.id:<{width}}  {action}; in range ({bug.affected}); at {where}")
         add(f"  {'':<{width}}  hits {bug.layers}")
         add(f"  {'':<{width}}  {bug.title}")
@@ -477,6 +501,8 @@ def render(status: StatusReport) -> str:
         add(f"  not in range of this install: {', '.join(others)}")
     add("")
     add("targets")
+    if not status.targets_probed:
+        add("  not probed (--no-targets)")
     if status.vllm_problem:
         add(f"  {status.vllm_problem}")
     present = [r for r in status.targets if r.state != "absent"]
