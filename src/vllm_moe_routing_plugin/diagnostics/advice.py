@@ -46,7 +46,9 @@ class Advice:
 _REASON = (
     "0.6.8.post1 fixes flashinfer#2822, is what vLLM 0.20 moved to, and every "
     "fused-MoE call of this vLLM binds to it; vLLM never shipped 0.6.7 "
-    f"(vLLM PR #38188). Evidence: {docs_url('flashinfer-advice.md')}"
+    "(vLLM PR #38188). It has flashinfer#3875, which the plugin guards: "
+    "DeepSeekV3 layers without expert groups (GLM-4.5 - 5.x, Kimi-K2) leave the "
+    f"fused routing. Evidence: {docs_url('flashinfer-advice.md')}"
 )
 
 ADVICE: tuple[Advice, ...] = (
