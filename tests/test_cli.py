@@ -303,6 +303,11 @@ def test_json_before_or_after_verify_is_honoured(args, capsys):
             ["--no-targets", "--flashinfer", "0.6.7", "bindings"],
             "--flashinfer, --no-targets applies to status only, not bindings",
         ),
+        (
+            ["verify", "--capability", "10.0"],
+            "--capability applies to status only, not verify",
+        ),
+        (["bindings", "--frobnicate"], "unrecognized arguments: --frobnicate"),
     ],
 )
 def test_status_options_with_another_command_are_a_usage_error(args, message, capsys):
@@ -512,3 +517,18 @@ def test_no_targets_says_the_targets_were_not_probed():
     assert text[text.index("targets") + 1] == "  not probed (--no-targets)"
     entry = next(line for line in text if line.startswith("  flashinfer#3875 "))
     assert entry.endswith("; at targets not probed (--no-targets)"), entry
+
+
+def test_an_assumed_flashinfer_version_is_read_as_a_version():
+    args = cli.parser().parse_args(
+        [
+            "status",
+            "--capability",
+            "10.0",
+            "--flashinfer",
+            " 0.6.7+cu130 ",
+            "--no-targets",
+        ]
+    )
+    report = status_report.collect(args, {})
+    assert report.reason == "flashinfer-python 0.6.7+cu130 >= 0.6.7; GPU 0 sm_100"

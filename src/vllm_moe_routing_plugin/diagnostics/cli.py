@@ -44,7 +44,7 @@ def _capabilities(text: str) -> tuple[envs.Capability, ...]:
 def _version(text: str) -> str:
     if policy.parse_version(text) is None:
         raise argparse.ArgumentTypeError(f"{text!r} is not a comparable version")
-    return text
+    return text.strip()  # as a version reads: " 0.6.7 " is 0.6.7
 
 
 def _json_option(p: argparse.ArgumentParser, **defaults: Any) -> None:
@@ -121,15 +121,20 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse, and refuse the status options with another command (exit 2):
     silently ignoring them would report something the user did not ask for."""
     top = parser()
-    args = top.parse_args(argv)
+    args, unknown = top.parse_known_args(argv)
+    given = []
     if args.command in ("verify", "bindings"):
         given = [
             option
             for option in STATUS_OPTIONS
             if getattr(args, option[2:].replace("-", "_")) not in (None, False)
         ]
+        # The same options after the command are unknown to its parser.
+        given += [o for o in STATUS_OPTIONS if o in unknown and o not in given]
         if given:
             top.error(f"{', '.join(given)} applies to status only, not {args.command}")
+    if unknown:
+        top.error(f"unrecognized arguments: {' '.join(unknown)}")
     return args
 
 
