@@ -532,3 +532,13 @@ def test_an_assumed_flashinfer_version_is_read_as_a_version():
     )
     report = status_report.collect(args, {})
     assert report.reason == "flashinfer-python 0.6.7+cu130 >= 0.6.7; GPU 0 sm_100"
+
+
+def test_an_allow_list_without_the_plugin_says_how_to_let_it_load():
+    entry = status_report.entry_point({"VLLM_PLUGINS": "lora_filesystem_resolver"})
+    assert entry.allowed is False
+    assert entry.problem == (
+        "VLLM_PLUGINS='lora_filesystem_resolver' does not list moe_routing, so vLLM "
+        "will not load the plugin; add moe_routing to it (comma-separated, no "
+        "spaces) or unset it"
+    )

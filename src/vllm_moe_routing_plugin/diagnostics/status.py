@@ -148,7 +148,9 @@ def entry_point(
                 f"VLLM_PLUGINS lists {spaced[0]!r} with spaces; "
                 "vLLM does not strip them"
                 if spaced
-                else f"VLLM_PLUGINS={raw!r} does not list {PLUGIN}"
+                else f"VLLM_PLUGINS={raw!r} does not list {PLUGIN}, so vLLM will "
+                f"not load the plugin; add {PLUGIN} to it (comma-separated, no spaces) "
+                "or unset it"
             )
     if not found:
         problem = (
