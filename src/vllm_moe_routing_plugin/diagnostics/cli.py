@@ -109,6 +109,17 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--quick", action="store_true", help=f"token counts {verify.QUICK_TOKENS} only"
     )
+    check.add_argument(
+        "--trtllm-headers",
+        metavar="PATH",
+        help="FlashInfer's trtllm-gen batched-GEMM headers (trtllmGen_bmm_export), "
+        "where flashinfer-cubin is not installed",
+    )
+    check.add_argument(
+        "--no-routing-kernels",
+        action="store_true",
+        help="skip the routing-kernel check (building it takes minutes per FlashInfer)",
+    )
     binding = commands.add_parser(
         "bindings",
         help="check that vLLM's calls into FlashInfer bind to the installed FlashInfer",
