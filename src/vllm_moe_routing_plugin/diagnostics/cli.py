@@ -116,6 +116,17 @@ def parser() -> argparse.ArgumentParser:
         "where flashinfer-cubin is not installed",
     )
     check.add_argument(
+        "--arch",
+        metavar="SM",
+        help="build the routing kernels for this GPU arch (sm_90a, sm_100a) instead of "
+        "the local GPU's, e.g. on a build machine without one; they run where it is",
+    )
+    check.add_argument(
+        "--no-topk-probe",
+        action="store_true",
+        help="skip the top-k probe (the routing-kernel check runs the whole kernels)",
+    )
+    check.add_argument(
         "--no-routing-kernels",
         action="store_true",
         help="skip the routing-kernel check (building it takes minutes per FlashInfer)",

@@ -98,6 +98,9 @@ class Comparison:
     invalid_ids: int  # tokens with an out-of-range or repeated expert id
     weight_errors: int  # tokens whose weights are outside bf16 tolerance
     nan_weights: int = 0  # tokens with a NaN or infinite weight
+    zero_weights: int = (
+        0  # tokens whose weights are all 0 where the reference's are not
+    )
 
     @property
     def passed(self) -> bool:
@@ -267,6 +270,7 @@ def compare_routed(
     want = torch.gather(reference_weights.float().cpu(), -1, reference_order)
     close = torch.isclose(got, want, atol=WEIGHT_ATOL, rtol=WEIGHT_RTOL).all(-1)
     weight_errors = ~close & ~(wrong | excused) & ~nan & ~invalid
+    vanished = (weights == 0).all(-1) & (reference_weights.float().cpu() != 0).any(-1)
     return Comparison(
         tokens=reference_ids.shape[0],
         wrong_experts=int(wrong.sum()),
@@ -274,4 +278,5 @@ def compare_routed(
         invalid_ids=int(invalid.sum()),
         weight_errors=int(weight_errors.sum()),
         nan_weights=int(nan.sum()),
+        zero_weights=int(vanished.sum()),
     )

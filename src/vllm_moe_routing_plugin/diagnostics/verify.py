@@ -37,6 +37,8 @@ def verify(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, An
     }
     probe_report: dict[str, Any] = {"ran": False}
     try:
+        if getattr(args, "no_topk_probe", False):
+            raise topk_probe.NotRunnable("skipped (--no-topk-probe)")
         if not gpus or max(g.capability for g in gpus) < (9, 0):
             raise topk_probe.NotRunnable(
                 "needs a CUDA GPU of compute capability 9.0 or newer"
@@ -88,7 +90,8 @@ def routing_check(
 
     if getattr(args, "no_routing_kernels", False):
         return {"ran": False, "not_run": "skipped (--no-routing-kernels)"}
-    arch = gpu_arch(gpus)
+    local = gpu_arch(gpus)
+    arch = getattr(args, "arch", None) or local
     if arch is None:
         return {
             "ran": False,
@@ -116,6 +119,11 @@ def routing_check(
             )
     except build.NotBuildable as exc:
         return {"ran": False, "not_run": str(exc)}
+    if arch != local:  # built for another machine's GPU (--arch): cached for it
+        return {
+            "ran": False,
+            "not_run": f"built for {arch} ({binary}); no {arch} GPU here to run it",
+        }
     kernels = check.load_kernels(binary)
     parsed = policy.parse_version(kernels.version)
     release = parsed.release if parsed else (0, 0, 0)
@@ -247,23 +255,21 @@ def render_routing(report: Mapping[str, Any]) -> list[str]:
             f"cases failed) {agrees}"
         )
     out.append(
-        f"  {'case':<48} {'bug':<16} {'wrong':>5} {'inval':>5} {'nan':>5} "
-        f"{'weight':>6}  result"
+        f"  {'case':<50} {'bug':<16} {'wrong':>5} {'inval':>5} {'nan':>5} "
+        f"{'zero':>5} {'weight':>6}  result"
     )
     for row in report["runs"]:
         bug = row["bug"] or "control"
         if not row["ran"]:
-            out.append(f"  {row['case']:<48} {bug:<16} not run: {row['not_run']}")
+            out.append(f"  {row['case']:<50} {bug:<16} not run: {row['not_run']}")
             continue
-        counts = [
-            row.get(k, "-")
-            for k in ("wrong_experts", "invalid_ids", "nan_weights", "weight_errors")
-        ]
+        keys = ("wrong_experts", "invalid_ids", "nan_weights", "zero_weights")
+        counts = [row.get(k, "-") for k in (*keys, "weight_errors")]
         result_ = "pass" if row["passed"] else "FAIL"
         if row["error"]:
             result_ += f" ({row['error']})"
         out.append(
-            f"  {row['case']:<48} {bug:<16} {counts[0]:>5} {counts[1]:>5} "
-            f"{counts[2]:>5} {counts[3]:>6}  {result_}"
+            f"  {row['case']:<50} {bug:<16} {counts[0]:>5} {counts[1]:>5} "
+            f"{counts[2]:>5} {counts[3]:>5} {counts[4]:>6}  {result_}"
         )
     return out

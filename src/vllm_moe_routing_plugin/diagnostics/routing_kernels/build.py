@@ -32,6 +32,7 @@ one core each (the DeepSeek and custom-routing files the longest).
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import importlib.util
 import json
@@ -47,6 +48,8 @@ HERE = Path(__file__).parent
 DRIVER = HERE / "routing_driver.cu"
 TVM_STUB = HERE / "tvm_ffi_utils.h"
 CACHE_ENV = "VLLM_MOE_ROUTING_CACHE"
+JOBS_ENV = "VLLM_MOE_ROUTING_BUILD_JOBS"
+SPLIT_ENV = "VLLM_MOE_ROUTING_SPLIT_COMPILE"
 
 FLAGS = (
     "-std=c++17",
@@ -71,6 +74,7 @@ FLAGS = (
 BMM_EXPORT = "trtllmGen_bmm_export"
 RUNNER_HEADER = "include/flashinfer/trtllm/fused_moe/runner.h"
 RUNNER_SOURCE = "csrc/trtllm_fused_moe_runner.cu"
+COMMON_SOURCES = ("envUtils.cpp", "logger.cpp", "stringUtils.cpp", "tllmException.cpp")
 
 #: The driver's variable for each ``Routing::Runner::run`` parameter a release
 #: declares (runner.h). An unknown name stops the build: a new parameter needs a
@@ -207,19 +211,49 @@ def runner_call(runner_h: str) -> str:
     return ", ".join(RUNNER_PARAMETERS[n] for n in names)
 
 
+RUNNER_INCLUDE = '#include "flashinfer/trtllm/fused_moe/runner.h"'
+GEMM_INCLUDE = re.compile(
+    r'^#include "flashinfer/trtllm/batched_gemm/KernelRunner\.h"\n', re.M
+)
+CLOSE = (
+    "}  // namespace trtllmgen_moe\n"
+    "}  // namespace kernels\n"
+    "}  // namespace tensorrt_llm\n"
+)
+
+
+def routing_runner_header(runner_h: str) -> str:
+    """``runner.h`` up to the end of its ``Routing`` namespace (the method enum,
+    the buffer sizes, ``Routing::Runner``), without the batched-GEMM runner
+    (``KernelRunner.h``): that needs the trtllm-gen GEMM headers of the exact
+    cubin release, which routing does not use (their ``DtypeDecl.h`` is all the
+    routing code reads)."""
+    head, found, _ = runner_h.partition("}  // namespace Routing")
+    if not found or "namespace Routing {" not in head:
+        raise NotBuildable("unrecognised runner.h layout")
+    head = GEMM_INCLUDE.sub("", head)
+    # runner.h's own includes are relative to its folder; the copy lives elsewhere
+    head = re.sub(
+        r'^#include "([^/"]+)"',
+        r'#include "flashinfer/trtllm/fused_moe/\1"',
+        head,
+        flags=re.M,
+    )
+    return head + "}  // namespace Routing\n" + CLOSE
+
+
 def routing_runner_source(runner_cu: str) -> str:
     """The wheel's ``Routing`` namespace of ``trtllm_fused_moe_runner.cu``, with
-    its includes; the GEMM runners after it are left out (they need the
-    trtllm-gen GEMM library, which routing does not use)."""
+    its includes (``runner.h`` as ``routing_runner_header``); the GEMM runners
+    after it are left out (they need the trtllm-gen GEMM library, which routing
+    does not use)."""
     head, found, _ = runner_cu.partition("namespace PermuteGemm1 {")
-    if not found or "namespace Routing {" not in head:
+    if not found or "namespace Routing {" not in head or RUNNER_INCLUDE not in head:
         raise NotBuildable("unrecognised trtllm_fused_moe_runner.cu layout")
-    return (
-        head
-        + "}  // namespace trtllmgen_moe\n"
-        + "}  // namespace kernels\n"
-        + "}  // namespace tensorrt_llm\n"
+    head = GEMM_INCLUDE.sub("", head).replace(
+        RUNNER_INCLUDE, '#include "routing_runner.h"'
     )
+    return head + CLOSE
 
 
 def routing_methods(runner_h: str) -> dict[str, int]:
@@ -372,10 +406,7 @@ def build(
     for folder in (stage, overlay / "flashinfer/trtllm/batched_gemm", objects):
         folder.mkdir(parents=True, exist_ok=True)
     link = overlay / "flashinfer/trtllm/batched_gemm" / BMM_EXPORT
-    if not link.exists():
-        link.symlink_to(
-            bmm_headers(sources, trtllm_headers, environ), target_is_directory=True
-        )
+    _link(link, bmm_headers(sources, trtllm_headers, environ))
     csrc = sources.root / "csrc"
     units: list[Path] = []
     for path in sources.routing_files():
@@ -389,6 +420,7 @@ def build(
         units.append(target)
     shutil.copyfile(TVM_STUB, stage / TVM_STUB.name)
     runner_h = (sources.root / RUNNER_HEADER).read_text()
+    (stage / "routing_runner.h").write_text(routing_runner_header(runner_h))
     (stage / "routing_runner.cu").write_text(
         routing_runner_source((sources.root / RUNNER_SOURCE).read_text())
     )
@@ -401,12 +433,16 @@ def build(
         raise NotBuildable(f"no routing kernels under {csrc}")
     # The small units first: an incompatible release fails in seconds, not after
     # the kernels' minutes.
-    units = [
-        stage / DRIVER.name,
-        stage / "routing_runner.cu",
-        stage / "llama4_stub.cu",
-        *units,
-    ]
+    small = [stage / DRIVER.name, stage / "routing_runner.cu", stage / "llama4_stub.cu"]
+    # TensorRT-LLM's logger and exceptions, which the kernels' checks call
+    # (FlashInfer's JIT builds the same files into its fused-MoE module).
+    for name in COMMON_SOURCES:
+        source = csrc / "nv_internal/cpp/common" / name
+        if source.is_file():
+            (stage / "common").mkdir(exist_ok=True)
+            shutil.copyfile(source, stage / "common" / name)
+            small.append(stage / "common" / name)
+    units = [*small, *units]
     includes = [
         f"-I{stage}",
         f"-I{overlay}",
@@ -423,43 +459,48 @@ def build(
         only = overlay / "cublas"
         only.mkdir(exist_ok=True)
         for header in cublas.glob("cublas*.h"):
-            if not (only / header.name).exists():
-                (only / header.name).symlink_to(header)
+            _link(only / header.name, header)
         includes.append(f"-I{only}")
     number = arch.removeprefix("sm_")
     gencode = f"-gencode=arch=compute_{number},code=sm_{number}"
-    built = []
-    for unit in units:
+
+    def compile_unit(unit: Path) -> str:
         # Named by content: a changed driver or stand-in is rebuilt, the kernels kept.
         name = unit.relative_to(stage).as_posix().replace("/", "__")
         obj = objects / f"{name}-{_digest(unit.read_bytes())}.o"
-        extra = (
-            ["-include", str(stage / "routing_call.h")]
-            if unit.name == DRIVER.name
-            else []
-        )
+        extra = ["-include", str(stage / "routing_call.h")] if unit == units[0] else []
         if not obj.is_file():
             log(
                 f"nvcc {unit.relative_to(stage)} (FlashInfer {sources.version}, {arch})"
             )
-            partial = obj.with_suffix(".o.part")
-            _nvcc(
-                [
-                    nvcc,
-                    *FLAGS,
-                    gencode,
-                    *includes,
-                    *extra,
-                    "-c",
-                    str(unit),
-                    "-o",
-                    str(partial),
-                ]
-            )
+            partial = obj.with_suffix(f".o.{os.getpid()}.part")
+            command = [
+                nvcc,
+                *FLAGS,
+                gencode,
+                *split,
+                *includes,
+                *extra,
+                "-c",
+                str(unit),
+            ]
+            _nvcc([*command, "-o", str(partial)])
             partial.rename(obj)
-        built.append(str(obj))
-    partial = binary.with_suffix(".part")
-    _nvcc([nvcc, gencode, *built, "-o", str(partial)])
+        return str(obj)
+
+    # One nvcc at a time unless VLLM_MOE_ROUTING_BUILD_JOBS says otherwise (each
+    # takes a core and a few GB for minutes).
+    jobs = max(1, int(environ.get(JOBS_ENV, "1") or 1))
+    # nvcc's --split-compile runs the optimiser and ptxas of one file on several
+    # threads (the DeepSeek and custom-routing files take 15+ CPU minutes each);
+    # code generation is the same per function, only scheduled in parallel.
+    threads = environ.get(SPLIT_ENV)
+    split = [f"--split-compile={int(threads)}"] if threads else []
+    built = [compile_unit(unit) for unit in small]
+    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+        built += list(pool.map(compile_unit, units[len(small) :]))
+    partial = binary.with_suffix(f".{os.getpid()}.part")
+    _nvcc([nvcc, gencode, *built, "-o", str(partial), "-ldl"])
     info = {
         "version": sources.version,
         "arch": arch,
@@ -467,10 +508,21 @@ def build(
         "sources": str(sources.root),
         "trtllm_headers": str(link.resolve()),
         "flags": [*FLAGS, gencode],
+        "split_compile": threads,
     }
     binary.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
     partial.rename(binary)
     return binary
+
+
+def _link(link: Path, target: Path) -> None:
+    """Point ``link`` at ``target`` (a cache copied from another machine holds
+    links to its paths)."""
+    if link.is_symlink() or link.exists():
+        if link.resolve() == target.resolve():
+            return
+        link.unlink()
+    link.symlink_to(target, target_is_directory=target.is_dir())
 
 
 def _nvcc(command: list[str]) -> None:

@@ -14,7 +14,8 @@
   bias`` rounds to 0.
 * flashinfer#3499: MiniMax2 with a route scale of 3 (Step-3.5), where the
   release has MiniMax2 routing (0.6.8 on).
-* Controls: random logits for each method.
+* Controls: random logits for each method, and the GLM-like scores without the
+  large bias (what FlashInfer's sigmoid itself makes of scores of ~1e-7).
 
 Logits are bf16 for Renormalize and fp32 for the sigmoid methods, biases bf16,
 as vLLM hands them to FlashInfer.
@@ -141,6 +142,10 @@ CASES: tuple[RoutingCase, ...] = (
     ),
     # a GLM-5-like layer: bias ~12, scores ~1e-7
     *_sigmoid("DeepSeekV3", (1, 300, 2048), "small", "large", bug="flashinfer#3875"),
+    # ... and the same scores without the large bias: no cancellation, only
+    # FlashInfer's sigmoid (0.5 * tanh(x / 2) + 0.5, built with fast math), which
+    # is coarse and then 0 for scores this small (no catalogue entry)
+    *_sigmoid("DeepSeekV3", (300,), "small", "small"),
     # MiniMax2 with a route scale of 3
     *_sigmoid("MiniMax2", (1, 300), "randn", "small", scale=3.0, bug="flashinfer#3499"),
     # controls

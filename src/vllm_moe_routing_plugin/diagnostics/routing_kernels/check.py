@@ -89,6 +89,7 @@ class Result:
                 "invalid_ids": c.invalid_ids,
                 "nan_weights": c.nan_weights,
                 "weight_errors": c.weight_errors,
+                "zero_weights": c.zero_weights,
                 "near_ties": c.near_ties,
                 "packed_disagrees": self.packed_disagrees,
             }
@@ -312,7 +313,7 @@ def findings(
         if report.reproduced:
             out.append(
                 f"{report.bug} reproduced on FlashInfer {version}, which the catalogue "
-                f"says is fixed (affected {report.affected}): "
+                f"says does not have it (affected {report.affected}): "
                 f"{report.failed} of {report.ran} cases failed "
                 f"({', '.join(report.cases)})"
             )

@@ -18,7 +18,7 @@
 // FIRST = i + 1).
 //
 // The call's argument list comes from the release's runner.h
-// (ROUTING_RUNNER_ARGS in the generated routing_call.inc).
+// (ROUTING_RUNNER_ARGS in the generated routing_call.h).
 #include <cuda_bf16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
@@ -33,7 +33,7 @@
 #include <vector>
 
 #include "flashinfer/trtllm/fused_moe/RoutingKernel.h"
-#include "flashinfer/trtllm/fused_moe/runner.h"
+#include "routing_runner.h"  // the release's runner.h, up to its Routing namespace
 
 namespace tk = tensorrt_llm::kernels::trtllmgen_moe;
 namespace btg = batchedGemm::trtllm::gen;
