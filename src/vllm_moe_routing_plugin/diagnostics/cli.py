@@ -109,6 +109,28 @@ def parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--quick", action="store_true", help=f"token counts {verify.QUICK_TOKENS} only"
     )
+    check.add_argument(
+        "--trtllm-headers",
+        metavar="PATH",
+        help="FlashInfer's trtllm-gen batched-GEMM headers (trtllmGen_bmm_export), "
+        "where flashinfer-cubin is not installed",
+    )
+    check.add_argument(
+        "--arch",
+        metavar="SM",
+        help="build the routing kernels for this GPU arch (sm_90a, sm_100a) instead of "
+        "the local GPU's, e.g. on a build machine without one; they run where it is",
+    )
+    check.add_argument(
+        "--no-topk-probe",
+        action="store_true",
+        help="skip the top-k probe (the routing-kernel check runs the whole kernels)",
+    )
+    check.add_argument(
+        "--no-routing-kernels",
+        action="store_true",
+        help="skip the routing-kernel check (building it takes minutes per FlashInfer)",
+    )
     binding = commands.add_parser(
         "bindings",
         help="check that vLLM's calls into FlashInfer bind to the installed FlashInfer",

@@ -1,12 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``vllm-moe-routing verify``: is in-kernel Renormalize routing trustworthy on
-this machine? Runs what the machine can run: the top-k probe (any CUDA GPU of
-compute capability >= 9.0 with nvcc) and the kernel check (SM100/SM103 only).
-Exit 0 pass, 1 mismatch, 2 nothing could run here."""
+"""``vllm-moe-routing verify``: is in-kernel routing trustworthy on this
+machine? Runs what the machine can run: the routing-kernel check (FlashInfer's
+own routing kernels, built from the installed wheel's sources, on any GPU of
+compute capability >= 9.0 with nvcc; ``routing_kernels``), the top-k probe
+(the same GPUs) and the kernel check (SM100/SM103 only). A routing-kernel
+result that disagrees with the catalogue (``bugs.py``) is a finding, printed
+first. Exit 0 pass, 1 mismatch, 2 nothing could run here."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +37,8 @@ def verify(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, An
     }
     probe_report: dict[str, Any] = {"ran": False}
     try:
+        if getattr(args, "no_topk_probe", False):
+            raise topk_probe.NotRunnable("skipped (--no-topk-probe)")
         if not gpus or max(g.capability for g in gpus) < (9, 0):
             raise topk_probe.NotRunnable(
                 "needs a CUDA GPU of compute capability 9.0 or newer"
@@ -60,8 +66,73 @@ def verify(args: argparse.Namespace, environ: Mapping[str, str]) -> dict[str, An
         release = version.release if version else (0, 0, 0)
         kernel_report = summarise_kernel_check(kernel_check.check(selected, release))
     result["kernel"] = kernel_report
-    result["verdict"] = verdict(probe_report, kernel_report)
+    routing_report = routing_check(args, gpus, environ)
+    result["routing"] = routing_report
+    result["verdict"] = verdict(routing_report, probe_report, kernel_report)
     return result
+
+
+def gpu_arch(gpus: Sequence[facts.Gpu]) -> str | None:
+    """nvcc's arch for the newest GPU here (``sm_90a``), None below 9.0: the
+    routing kernels are guarded by ``__CUDA_ARCH__ >= 900``."""
+    if not gpus:
+        return None
+    major, minor = max(g.capability for g in gpus)
+    return None if major < 9 else f"sm_{major}{minor}a"
+
+
+def routing_check(
+    args: argparse.Namespace, gpus: Sequence[facts.Gpu], environ: Mapping[str, str]
+) -> dict[str, Any]:
+    """FlashInfer's own routing kernels on the cases, against the reference
+    and the catalogue; ``{"ran": False, "not_run": why}`` where it cannot."""
+    from .routing_kernels import build, cases, check
+
+    if getattr(args, "no_routing_kernels", False):
+        return {"ran": False, "not_run": "skipped (--no-routing-kernels)"}
+    local = gpu_arch(gpus)
+    arch = getattr(args, "arch", None) or local
+    if arch is None:
+        return {
+            "ran": False,
+            "not_run": "needs a CUDA GPU of compute capability 9.0 or newer",
+        }
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is None:
+        return {"ran": False, "not_run": "needs PyTorch (the reference router)"}
+    version = args.flashinfer_version
+    if version is None and args.flashinfer_include is None:
+        version = facts.installed_version(facts.FLASHINFER)
+    try:
+        binary = build.binary_path(version, arch, environ) if version else None
+        if binary is None or not binary.is_file():
+            sources = build.find_sources(args.flashinfer_include, version)
+            binary = build.build(
+                sources,
+                arch,
+                environ,
+                trtllm_headers=getattr(args, "trtllm_headers", None),
+                log=lambda line: print(
+                    f"vllm-moe-routing: {line}", file=sys.stderr, flush=True
+                ),
+            )
+    except build.NotBuildable as exc:
+        return {"ran": False, "not_run": str(exc)}
+    if arch != local:  # built for another machine's GPU (--arch): cached for it
+        return {
+            "ran": False,
+            "not_run": f"built for {arch} ({binary}); no {arch} GPU here to run it",
+        }
+    kernels = check.load_kernels(binary)
+    parsed = policy.parse_version(kernels.version)
+    release = parsed.release if parsed else (0, 0, 0)
+    selected = cases.quick() if args.quick else cases.CASES
+    results = check.run(kernels, selected, release)
+    return check.summarise(results, kernels.version, release) | {
+        "arch": arch,
+        "binary": str(binary),
+    }
 
 
 def summarise_kernel_check(
@@ -97,7 +168,7 @@ def verdict(*reports: Mapping[str, Any]) -> str:
     if not ran:
         return "nothing could run on this machine"
     if any(r["failed_runs"] for r in ran):
-        return "MISMATCH: in-kernel Renormalize routing is not trustworthy here"
+        return "MISMATCH: in-kernel routing is not trustworthy here"
     return "pass"
 
 
@@ -109,10 +180,13 @@ def verify_exit(result: Mapping[str, Any]) -> int:
 
 
 def render(result: Mapping[str, Any]) -> str:
-    out = [
+    routing = result.get("routing", {"ran": False, "not_run": "not asked"})
+    out = [f"FINDING: {finding}" for finding in routing.get("findings", [])]
+    out += [
         f"verdict: {result['verdict']}",
         f"gpus: {', '.join(result['gpus']) or 'none'}",
     ]
+    out += render_routing(routing)
     probe_report = result["probe"]
     if not probe_report["ran"]:
         out.append(f"top-k probe: not run: {probe_report['not_run']}")
@@ -162,3 +236,40 @@ def render(result: Mapping[str, Any]) -> str:
                 f"{wrong:>5}  {result_}"
             )
     return "\n".join(out)
+
+
+def render_routing(report: Mapping[str, Any]) -> list[str]:
+    if not report["ran"]:
+        return [f"routing kernels: not run: {report['not_run']}"]
+    out = [
+        f"routing kernels: FlashInfer {report['flashinfer']} ({report['arch']}): "
+        f"{report['failed_runs']} of {len(report['runs'])} cases failed"
+    ]
+    for entry in report["entries"]:
+        agrees = (
+            "as the catalogue expects" if entry["agrees"] else "CATALOGUE DISAGREES"
+        )
+        out.append(
+            f"  {entry['bug']:<16} {entry['observed']:<15} "
+            f"(affected {entry['affected']}; {entry['failed']} of {entry['ran']} "
+            f"cases failed) {agrees}"
+        )
+    out.append(
+        f"  {'case':<50} {'bug':<16} {'wrong':>5} {'inval':>5} {'nan':>5} "
+        f"{'zero':>5} {'weight':>6}  result"
+    )
+    for row in report["runs"]:
+        bug = row["bug"] or "control"
+        if not row["ran"]:
+            out.append(f"  {row['case']:<50} {bug:<16} not run: {row['not_run']}")
+            continue
+        keys = ("wrong_experts", "invalid_ids", "nan_weights", "zero_weights")
+        counts = [row.get(k, "-") for k in (*keys, "weight_errors")]
+        result_ = "pass" if row["passed"] else "FAIL"
+        if row["error"]:
+            result_ += f" ({row['error']})"
+        out.append(
+            f"  {row['case']:<50} {bug:<16} {counts[0]:>5} {counts[1]:>5} "
+            f"{counts[2]:>5} {counts[3]:>5} {counts[4]:>6}  {result_}"
+        )
+    return out

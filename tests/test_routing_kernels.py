@@ -1,0 +1,484 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The routing-kernel check on the CPU: its cases, the sigmoid reference
+router and the comparison, reading the driver's output, the catalogue report,
+and the build's reading of FlashInfer's runner. The CUDA driver is replaced by
+a stand-in program that answers with the reference (and, per mode, the faults
+the catalogue's bugs produce); building and running the real kernels needs
+nvcc and a GPU (docs/verify.md)."""
+
+from __future__ import annotations
+
+import argparse
+import stat
+import struct
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from vllm_moe_routing_plugin import bugs  # noqa: E402
+from vllm_moe_routing_plugin.diagnostics import reference, verify  # noqa: E402
+from vllm_moe_routing_plugin.diagnostics.routing_kernels import (  # noqa: E402
+    build,
+    cases,
+    check,
+)
+
+
+def by_name(name: str) -> cases.RoutingCase:
+    return next(c for c in cases.CASES if c.name == name)
+
+
+# --- cases -----------------------------------------------------------------
+
+
+def test_every_case_names_a_catalogue_entry_or_is_a_control():
+    named = {c.bug for c in cases.CASES} - {None}
+    assert named == {
+        "flashinfer#2822",
+        "flashinfer#3803",
+        "flashinfer#3946",
+        "flashinfer#3875",
+        "flashinfer#3499",
+    }
+    assert all(bugs.by_id(b) is not None for b in named)
+    assert len({c.name for c in cases.CASES}) == len(cases.CASES)
+
+
+def test_2822_cases_are_inside_its_envelope_and_its_controls_outside():
+    layers = bugs.FLASHINFER_2822.layers
+    for case in cases.CASES:
+        if case.method != "Renormalize" or case.logits != "negative":
+            continue
+        inside = layers.experts[0] < case.experts <= layers.experts[1] and (
+            case.top_k < layers.top_k_below
+        )
+        assert inside == (case.bug == "flashinfer#2822"), case.name
+        logits, bias = case.inputs()
+        assert bias is None and logits.dtype == torch.bfloat16 and (logits < 0).all()
+    tokens = {c.tokens for c in cases.CASES if c.bug == "flashinfer#2822"}
+    assert {1, 256, 257, 2048} <= tokens  # one cluster, and the histogram path
+
+
+def test_underflow_cases_give_all_zero_selected_scores():
+    for name in (
+        "DeepSeekV3/E256/k8/T300/underflow/bias-small",
+        "DeepSeekV3/E256/k8/g8.4/T300/underflow/bias-small",
+    ):
+        case = by_name(name)
+        logits, bias = case.inputs()
+        assert bias is not None
+        _, weights, _, _ = reference.route_sigmoid(
+            logits, bias, 8, n_group=case.n_group, topk_group=case.topk_group
+        )
+        # 0 / (0 + 1e-20): zeros, where an unguarded 0 / 0 is NaN
+        assert (weights == 0).all() and not weights.isnan().any()
+
+
+def test_glm_like_case_loses_every_score_under_the_bias():
+    """flashinfer#3875's mechanism on these inputs: (sigmoid + bias) - bias is 0
+    in fp32 for every expert, while the reference's weights are not."""
+    case = by_name("DeepSeekV3/E256/k8/T300/small/bias-large")
+    logits, bias = case.inputs()
+    assert bias is not None and (bias.float() > 11).all()
+    scores = torch.sigmoid(logits)
+    assert scores.max() < 1e-5 and (scores > 0).all()
+    recovered = (scores + bias.float()) - bias.float()
+    assert (recovered == 0).float().mean() > 0.99
+    _, weights, _, _ = reference.route_sigmoid(logits, bias, 8)
+    assert torch.allclose(weights.sum(-1), torch.ones(300), atol=2e-2)
+
+
+def test_the_glm_like_scores_also_run_without_the_large_bias():
+    """A control that separates FlashInfer's sigmoid precision from the
+    cancellation under the bias: same scores, bias ~0.05."""
+    with_bias = by_name("DeepSeekV3/E256/k8/T300/small/bias-large")
+    without = by_name("DeepSeekV3/E256/k8/T300/small/bias-small")
+    assert without.bug is None
+    assert torch.equal(with_bias.inputs()[0], without.inputs()[0])
+    bias = without.inputs()[1]
+    assert bias is not None and bias.abs().max() < 1
+
+
+def test_minimax2_case_scales_by_three():
+    case = by_name("MiniMax2/E256/k8/T300/randn/bias-small/scale3")
+    logits, bias = case.inputs()
+    assert bias is not None and case.n_group == 0
+    _, weights, _, _ = reference.route_sigmoid(logits, bias, 8, scale=case.scale)
+    assert torch.allclose(weights.sum(-1), torch.full((300,), 3.0), atol=5e-2)
+
+
+def test_inputs_are_deterministic():
+    case = by_name("DeepSeekV3/E256/k8/g8.4/T300/randn/bias-small")
+    a, b = case.inputs(), case.inputs()
+    assert torch.equal(a[0], b[0]) and a[1] is not None and torch.equal(a[1], b[1])
+
+
+# --- reference and comparison ------------------------------------------------
+
+
+def test_grouped_reference_picks_only_from_the_best_groups():
+    logits = torch.full((1, 16), -4.0)
+    logits[0, 0] = 4.0  # group 0 (experts 0-3) holds the best expert
+    logits[0, 4:6] = 3.0  # group 1: two good experts
+    logits[0, 12] = 3.5  # group 3: one good expert, weak second
+    bias = torch.zeros(16)
+    ids, weights, keys, groups = reference.route_sigmoid(
+        logits, bias, 3, n_group=4, topk_group=2
+    )
+    assert sorted(ids[0].tolist()) == [0, 4, 5]  # group 3 is not chosen
+    assert groups is not None and keys[0, 12] == float("-inf")
+    assert torch.allclose(weights.sum(-1), torch.ones(1), atol=1e-2)
+
+
+def test_bias_decides_selection_but_not_weights():
+    logits = torch.tensor([[0.0, 0.0, 2.0, -2.0]])
+    bias = torch.tensor([0.0, 1.0, -5.0, 5.0])
+    ids, weights, _, _ = reference.route_sigmoid(logits, bias, 2)
+    assert ids.tolist() == [[3, 1]]
+    s = torch.sigmoid(torch.tensor([-2.0, 0.0]))
+    assert torch.allclose(weights[0], (s / s.sum()).to(torch.bfloat16).float())
+
+
+def test_compare_routed_flags_nan_wrong_weights_and_wrong_experts():
+    logits = torch.randn(4, 32)
+    bias = torch.zeros(32)
+    ids, weights, keys, _ = reference.route_sigmoid(logits, bias, 4)
+    assert reference.compare_routed(ids, weights, ids, keys, weights).passed
+    nan = weights.clone()
+    nan[1] = float("nan")
+    result = reference.compare_routed(ids, nan, ids, keys, weights)
+    assert (result.nan_weights, result.passed) == (1, False)
+    zero = weights.clone()
+    zero[2] = 0.0  # flashinfer#3875 on 0.6.15 - 0.6.17: the output vanishes
+    vanished = reference.compare_routed(ids, zero, ids, keys, weights)
+    assert (vanished.weight_errors, vanished.zero_weights) == (1, 1)
+    coarse = weights.clone()
+    coarse[0, 0] *= 1.1  # a weight 10 % off
+    assert reference.compare_routed(ids, coarse, ids, keys, weights).weight_errors == 1
+    other = ids.clone()
+    other[3, 0] = int(torch.argsort(keys[3])[0])  # the worst expert
+    assert (
+        reference.compare_routed(other, weights, ids, keys, weights).wrong_experts == 1
+    )
+
+
+def test_compare_routed_excuses_a_near_tie_between_groups():
+    keys = torch.tensor([[1.0, 0.9, 0.5, 0.4, 0.2, 0.1]])
+    groups = torch.tensor([[1.9, 0.9, 0.9]])  # groups 1 and 2 tie for the second place
+    want = torch.tensor([[0, 1, 2]])
+    got = torch.tensor([[0, 1, 4]])
+    w = torch.full((1, 3), 1 / 3)
+    strict = reference.compare_routed(got, w, want, keys, w)
+    assert strict.wrong_experts == 1
+    tied = reference.compare_routed(got, w, want, keys, w, groups, topk_group=2)
+    assert tied.passed and tied.near_ties == 1
+
+
+# --- the driver's output, a stand-in driver, the report ---------------------
+
+
+def driver_file(ids, weights, packed=None) -> bytes:
+    tokens, k = ids.shape
+    packed = ids if packed is None else packed
+    data = struct.pack("<5i", tokens, k, tokens * k, 1, 8)
+    for t in range(tokens):
+        for j in range(k):
+            data += struct.pack(
+                "<ifif", int(ids[t, j]), float(weights[t, j]), int(packed[t, j]), 0.0
+            )
+    return data
+
+
+def test_decode_reads_what_the_driver_writes():
+    ids = torch.tensor([[3, 1], [0, -1]])
+    weights = torch.tensor([[0.75, 0.25], [float("nan"), 1.0]])
+    out = check.decode(driver_file(ids, weights))
+    assert out.ids.tolist() == ids.tolist() and out.permuted_size == 4
+    assert out.weights[1, 0].isnan() and out.weights[0, 0] == 0.75
+    with pytest.raises(ValueError, match="truncated"):
+        check.decode(driver_file(ids, weights)[:-4])
+
+
+STAND_IN = """
+import struct, sys, torch
+from pathlib import Path
+from vllm_moe_routing_plugin.diagnostics import reference
+cases_file, out, first = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+for index, line in enumerate(Path(cases_file).read_text().splitlines()):
+    if index < first or not line:
+        continue
+    (name, method, t, e, k, g, tg, scale, ldt, lf, bdt, bf) = line.split()
+    t, e, k, g, tg, method = int(t), int(e), int(k), int(g), int(tg), int(method)
+    raw = bytearray(Path(lf).read_bytes())
+    if ldt == "bf16":
+        logits = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16).float()
+    else:
+        logits = torch.frombuffer(raw, dtype=torch.float32)
+    logits = logits.view(t, e)
+    bias = torch.zeros(e)
+    if bdt == "bf16":
+        bias = torch.frombuffer(bytearray(Path(bf).read_bytes()), dtype=torch.int16)
+        bias = bias.view(torch.bfloat16).float()
+    if MODE == "crash" and index == 1:
+        sys.exit(3)
+    if method == 1:
+        ids, w = reference.route(logits.to(torch.bfloat16), k, "renormalize", (0, 6, 7))
+    else:
+        ids, w, _, _ = reference.route_sigmoid(logits, bias, k, n_group=g,
+                                               topk_group=tg, scale=float(scale))
+        if MODE == "nan" and (torch.sigmoid(logits) == 0).all():
+            w = torch.full_like(w, float("nan"))  # flashinfer#3803 / #3946
+    if MODE == "garbage" and method == 1 and e > 128 and k < 10 and (logits < 0).all():
+        ids[:, -1] = 0  # expert 0 with a garbage score, as flashinfer#2822 does
+    data = struct.pack("<5i", t, k, t * k, 1, 8)
+    for i in range(t):
+        for j in range(k):
+            e_ = int(ids[i, j])
+            data += struct.pack("<ifif", e_, float(w[i, j]), e_, 0.0)
+    (out / f"{index}.bin").write_bytes(data)
+"""
+
+
+def stand_in(tmp_path: Path, mode: str, methods: dict[str, int]) -> check.Kernels:
+    script = tmp_path / f"driver_{mode}"
+    script.write_text(f"#!{sys.executable}\nMODE = {mode!r}\n" + STAND_IN)
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return check.Kernels(script, "test", methods)
+
+
+OLD = {"Renormalize": 1, "DeepSeekV3": 2}
+NEW = {"Renormalize": 1, "DeepSeekV3": 2, "MiniMax2": 7}
+SMALL = (
+    by_name("Renormalize/E256/k8/T17/negative"),
+    by_name("Renormalize/E128/k8/T17/negative"),
+    by_name("DeepSeekV3/E256/k8/T1/underflow/bias-small"),
+    by_name("DeepSeekV3/E256/k8/g8.4/T1/underflow/bias-small"),
+    by_name("MiniMax2/E256/k8/T1/randn/bias-small/scale3"),
+    by_name("DeepSeekV3/E256/k8/T300/randn/bias-small"),
+)
+
+
+def test_right_kernels_pass_every_case(tmp_path):
+    results = check.run(stand_in(tmp_path, "right", NEW), SMALL, (0, 6, 18))
+    assert [r.failed for r in results] == [False] * len(SMALL)
+    assert all(r.comparison is not None for r in results)
+
+
+def test_a_release_without_minimax2_does_not_run_its_case(tmp_path):
+    results = check.run(stand_in(tmp_path, "right", OLD), SMALL, (0, 6, 7))
+    minimax = [r for r in results if r.case.method == "MiniMax2"]
+    assert minimax and all(not r.ran for r in minimax)
+    assert "has no MiniMax2 routing" in (minimax[0].not_run or "")
+    report = {e.bug: e for e in check.entries(results, (0, 6, 7))}
+    assert report["flashinfer#3499"].reproduced is None
+    assert report["flashinfer#3499"].agrees
+
+
+def test_a_crashing_case_is_reported_and_the_rest_still_run(tmp_path):
+    results = check.run(stand_in(tmp_path, "crash", NEW), SMALL, (0, 6, 18))
+    assert results[1].failed and results[1].error == "exit 3"
+    assert [r.failed for i, r in enumerate(results) if i != 1] == [False] * 5
+
+
+def test_report_says_reproduced_as_the_catalogue_expects(tmp_path):
+    kernels = stand_in(tmp_path, "garbage", OLD)
+    results = check.run(kernels, SMALL[:2], (0, 6, 6))
+    assert [r.failed for r in results] == [True, False]  # the control passes
+    (entry,) = check.entries(results, (0, 6, 6))
+    assert (entry.bug, entry.reproduced, entry.expected) == (
+        "flashinfer#2822",
+        True,
+        True,
+    )
+    summary = check.summarise(results, "0.6.6", (0, 6, 6))
+    assert summary["findings"] == []
+    assert summary["entries"][0]["observed"] == "reproduced"
+
+
+def test_a_disagreement_with_the_catalogue_is_a_finding(tmp_path):
+    # the same wrong routing on a release the catalogue says is fixed
+    results = check.run(stand_in(tmp_path, "garbage", OLD), SMALL[:2], (0, 6, 7))
+    summary = check.summarise(results, "0.6.7", (0, 6, 7))
+    (finding,) = summary["findings"]
+    assert finding.startswith("flashinfer#2822 reproduced on FlashInfer 0.6.7")
+    # and a release the catalogue says has it, where nothing fails
+    results = check.run(stand_in(tmp_path, "right", OLD), SMALL[2:4], (0, 6, 14))
+    found = check.summarise(results, "0.6.14", (0, 6, 14))["findings"]
+    assert len(found) == 2 and all(
+        "not reproduced on FlashInfer 0.6.14" in f for f in found
+    )
+
+
+def test_nan_weights_reproduce_the_underflow_entries(tmp_path):
+    results = check.run(stand_in(tmp_path, "nan", NEW), SMALL[2:4], (0, 6, 14))
+    assert all(r.comparison and r.comparison.nan_weights == 1 for r in results)
+    report = {e.bug: e for e in check.entries(results, (0, 6, 14))}
+    assert report["flashinfer#3803"].reproduced and report["flashinfer#3803"].agrees
+    assert report["flashinfer#3946"].reproduced and report["flashinfer#3946"].agrees
+
+
+def test_a_failing_control_is_a_finding():
+    case = by_name("Renormalize/E128/k8/T17/negative")
+    result = check.Result(case, error="check failed")
+    (finding,) = check.findings([result], [], "0.6.7")
+    assert finding.startswith("control case Renormalize/E128/k8/T17/negative failed")
+
+
+def test_render_prints_findings_first_and_exits_1(tmp_path):
+    results = check.run(stand_in(tmp_path, "garbage", OLD), SMALL[:2], (0, 6, 7))
+    routing = check.summarise(results, "0.6.7", (0, 6, 7)) | {"arch": "sm_90a"}
+    result = {
+        "gpus": ["NVIDIA H200 sm_90"],
+        "routing": routing,
+        "probe": {"ran": False, "not_run": "skipped"},
+        "kernel": {"ran": False, "not_run": "needs SM100"},
+    }
+    result["verdict"] = verify.verdict(routing, result["probe"], result["kernel"])
+    lines = verify.render(result).splitlines()
+    assert lines[0].startswith(
+        "FINDING: flashinfer#2822 reproduced on FlashInfer 0.6.7"
+    )
+    assert lines[1].startswith("verdict: MISMATCH")
+    assert any("CATALOGUE DISAGREES" in line for line in lines)
+    assert verify.verify_exit(result) == 1
+
+
+# --- verify's routing check without a GPU or nvcc ----------------------------
+
+
+def namespace(**changes):
+    values = {
+        "flashinfer_include": None,
+        "flashinfer_version": None,
+        "trtllm_headers": None,
+        "no_routing_kernels": False,
+        "quick": True,
+    }
+    return argparse.Namespace(**(values | changes))
+
+
+def test_routing_check_says_what_it_needs():
+    from vllm_moe_routing_plugin import facts
+
+    assert verify.routing_check(namespace(), [], {})["not_run"].startswith(
+        "needs a CUDA GPU of compute capability 9.0"
+    )
+    ampere = [facts.Gpu(0, "NVIDIA A100", (8, 0), "nvml")]
+    assert verify.routing_check(namespace(), ampere, {})["ran"] is False
+    hopper = [facts.Gpu(0, "NVIDIA H200", (9, 0), "nvml")]
+    assert verify.gpu_arch(hopper) == "sm_90a"
+    report = verify.routing_check(
+        namespace(flashinfer_version="0.6.6"),
+        hopper,
+        {"PATH": "/nonexistent", "VLLM_MOE_ROUTING_CACHE": "/nonexistent"},
+    )
+    assert report["ran"] is False
+    assert "nvcc" in report["not_run"] or "flashinfer-python" in report["not_run"]
+
+
+def test_build_needs_nvcc(tmp_path):
+    data = tmp_path / "flashinfer" / "data"
+    (data / "csrc").mkdir(parents=True)
+    (data / build.RUNNER_SOURCE).write_text("namespace Routing {}")
+    sources = build.find_sources(tmp_path, "0.6.6")
+    env = {"PATH": str(tmp_path), "VLLM_MOE_ROUTING_CACHE": str(tmp_path / "cache")}
+    with pytest.raises(build.NotBuildable, match="nvcc"):
+        build.build(sources, "sm_90a", env)
+
+
+def test_sources_outside_a_wheel_are_refused(tmp_path):
+    with pytest.raises(build.NotBuildable, match="no FlashInfer sources"):
+        build.find_sources(tmp_path, "0.6.6")
+
+
+# --- reading FlashInfer's runner ----------------------------------------------
+
+RUNNER_H_066 = """
+namespace Routing {
+enum class RoutingMethodType : int64_t {
+  // Default: Softmax -> TopK
+  Default = 0,
+  Renormalize = 1,
+  DeepSeekV3 = 2,
+  Unspecified = 6,
+};
+class Runner {
+ public:
+  void run(void* routingLogits, void* routingBias, int32_t numTokens,
+           int32_t numExperts, int32_t topK, int32_t nGroups, int32_t topkGroups,
+           float routedScalingFactor,
+           cudaStream_t stream);
+};
+}  // namespace Routing
+"""
+
+RUNNER_H_0618 = RUNNER_H_066.replace(
+    "int32_t topK, int32_t nGroups",
+    "int32_t topK, int32_t numFusedSharedExpert, int32_t nGroups",
+).replace(
+    "cudaStream_t stream);",
+    "cudaStream_t stream, bool normTopkProb = true,"
+    " int16_t* routing_replay_out = nullptr, bool enable_pdl = true);",
+)
+
+
+def test_runner_call_follows_the_release_declaration():
+    assert build.runner_call(RUNNER_H_066) == (
+        "routingLogits, routingBias, numTokens, numExperts, topK, nGroup, topkGroup, "
+        "routedScalingFactor, stream"
+    )
+    call = build.runner_call(RUNNER_H_0618)
+    assert "topK, numFusedSharedExpert, nGroup" in call
+    assert call.endswith("stream, normTopkProb, routing_replay_out, enable_pdl")
+
+
+def test_an_unknown_runner_parameter_stops_the_build():
+    text = RUNNER_H_066.replace(
+        "cudaStream_t stream);", "cudaStream_t stream, int newKnob);"
+    )
+    with pytest.raises(build.NotBuildable, match="newKnob"):
+        build.runner_call(text)
+
+
+def test_routing_methods_are_read_from_the_release():
+    assert build.routing_methods(RUNNER_H_066) == {
+        "Default": 0,
+        "Renormalize": 1,
+        "DeepSeekV3": 2,
+        "Unspecified": 6,
+    }
+
+
+def test_the_runner_source_keeps_routing_and_drops_the_gemms():
+    source = (
+        '#include "flashinfer/trtllm/batched_gemm/KernelRunner.h"\n'
+        '#include "flashinfer/trtllm/fused_moe/runner.h"\n'
+        "namespace tensorrt_llm {\nnamespace kernels {\n"
+        "namespace trtllmgen_moe {\nnamespace Routing {\nvoid Runner::run() {}\n"
+        "}  // namespace Routing\n\nnamespace PermuteGemm1 {\nvoid gemm();\n}\n"
+    )
+    kept = build.routing_runner_source(source)
+    assert "Runner::run" in kept and "PermuteGemm1" not in kept
+    assert '#include "routing_runner.h"' in kept and "KernelRunner" not in kept
+    assert kept.count("{") == kept.count("}")
+    with pytest.raises(build.NotBuildable):
+        build.routing_runner_source("namespace Other {}")
+
+
+def test_the_runner_header_keeps_routing_without_the_gemm_runner():
+    header = (
+        '#include "DevKernel.h"\n'
+        '#include "flashinfer/trtllm/batched_gemm/KernelRunner.h"\n'
+        "namespace tensorrt_llm {\nnamespace kernels {\nnamespace trtllmgen_moe {\n"
+        + RUNNER_H_066
+        + "namespace MoE {\nclass Runner { TrtllmGenBatchedGemmRunner mRunner; };\n}\n"
+        "}\n}\n}\n"
+    )
+    kept = build.routing_runner_header(header)
+    assert '#include "flashinfer/trtllm/fused_moe/DevKernel.h"' in kept
+    assert "KernelRunner" not in kept and "TrtllmGenBatchedGemmRunner" not in kept
+    assert "enum class RoutingMethodType" in kept
+    assert kept.count("{") == kept.count("}")
