@@ -118,7 +118,8 @@ def test_targets_states_and_answers(action):
 
     injected = "0.7.4" if action == "enable" else "0.6.6"
     current = activation.activate(
-        RENORMALIZE_ONLY, version_of=versions(flashinfer_python=injected)
+        RENORMALIZE_ONLY,
+        version_of=versions(flashinfer_python=injected, flashinfer_cubin=injected),
     )
     assert current.decision.action == action
     states = {o.target.name: o.state for o in current.outcomes.values()}

@@ -72,7 +72,9 @@ def activate_with_buggy_flashinfer():
         print(f"FlashInfer {FLASHINFER} as installed")
         return activation.activate(SM100)
     print("FlashInfer 0.6.6 injected")
-    return activation.activate(SM100, version_of=versions(flashinfer_python="0.6.6"))
+    return activation.activate(
+        SM100, version_of=versions(flashinfer_python="0.6.6", flashinfer_cubin="0.6.6")
+    )
 
 
 def test_nvfp4_oracle_leaves_the_fused_kernel_only_inside_the_envelope(sm100):

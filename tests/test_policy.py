@@ -181,7 +181,7 @@ def test_a_forced_enable_names_the_bug_it_lets_through(records):
             "VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0",
             "VLLM_MOE_ROUTING_RENORMALIZE": "enable",
         },
-        version_of=versions(flashinfer_python="0.6.6"),
+        version_of=versions(flashinfer_python="0.6.6", flashinfer_cubin="0.6.6"),
         register_env=lambda: True,
     )
     assert records.lines(logging.WARNING) == [
@@ -207,7 +207,7 @@ def test_a_known_bugs_item_that_cannot_be_honoured_is_a_warning(records):
                 "flashinfer#3964=guard,flashinfer#4237=guard"
             ),
         },
-        version_of=versions(flashinfer_python="0.6.14"),
+        version_of=versions(flashinfer_python="0.6.14", flashinfer_cubin="0.6.14"),
         register_env=lambda: True,
     )
     assert records.lines(logging.WARNING) == [

@@ -25,7 +25,7 @@ from vllm_support import (
 
 pytestmark = pytest.mark.vllm(">=0.26")
 
-BUGGY = versions(flashinfer_python="0.6.6")
+BUGGY = versions(flashinfer_python="0.6.6", flashinfer_cubin="0.6.6")
 
 
 @pytest.fixture
