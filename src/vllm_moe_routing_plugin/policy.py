@@ -336,12 +336,6 @@ def _renormalize_bug(bug: KnownBug) -> bool:
 def bug_settings(settings: Settings) -> tuple[dict[str, BugAction], tuple[str, ...]]:
     """The items of ``VLLM_MOE_ROUTING_KNOWN_BUGS`` that are honoured, and
     notes on the ones that cannot be."""
-    return _bug_settings(settings)
-
-
-def _bug_settings(settings: Settings) -> tuple[dict[str, BugAction], tuple[str, ...]]:
-    """The per-entry actions the user asked for, and notes on the ones that
-    cannot be honoured."""
     asked: dict[str, BugAction] = {}
     notes = []
     for bug_id, action in settings.bug_actions:
@@ -399,7 +393,7 @@ def findings_here(facts: Facts, settings: Settings) -> tuple[Finding, ...]:
     decision itself reads no versions (no such GPU here, the plugin
     disabled), for a host that plans before it has the GPU."""
     version, _ = _flashinfer_in_use(facts)
-    asked, _ = _bug_settings(settings)
+    asked, _ = bug_settings(settings)
     renormalize: BugAction = "ignore" if settings.renormalize == "enable" else "guard"
     return findings(version, renormalize, asked)
 
@@ -424,7 +418,7 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     notes = companion_notes(facts)
     if settings.disabled:
         return Decision("disabled", _disabled_by(settings), notes=notes)
-    asked, setting_notes = _bug_settings(settings)
+    asked, setting_notes = bug_settings(settings)
     notes += setting_notes
     if not facts.gpus:
         return Decision(
