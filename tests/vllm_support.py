@@ -380,13 +380,19 @@ class LayerBuilder:
             weight_block_size=[128, 128],
         )
 
-    def build(self, model, quant="bf16", prefix=None):
-        """The built layer (vLLM's ``FusedMoE`` or ``MoERunner``)."""
+    def build(self, model, quant="bf16", prefix=None, moe_backend=None):
+        """The built layer (vLLM's ``FusedMoE`` or ``MoERunner``); with
+        ``moe_backend``, as ``vllm serve --moe-backend`` asks for it."""
         from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
 
         self.count += 1
         prefix = prefix or f"model.layers.{self.count}.mlp.experts"
-        with set_current_vllm_config(VllmConfig(device_config=DeviceConfig("cpu"))):
+        config = {"device_config": DeviceConfig("cpu")}
+        if moe_backend is not None:
+            from vllm.config import KernelConfig
+
+            config["kernel_config"] = KernelConfig(moe_backend=moe_backend)
+        with set_current_vllm_config(VllmConfig(**config)):
             return self.factory(
                 hidden_size=128,
                 intermediate_size=128,

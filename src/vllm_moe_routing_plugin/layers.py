@@ -27,14 +27,16 @@ _local = threading.local()
 
 
 class Build:
-    """One layer constructor running: the layer object, and the verdicts the
-    routing checks reached for it (``policy.Verdict``, by target)."""
+    """One layer constructor running: the layer object, the verdicts the
+    routing checks reached for it (``policy.Verdict``, by target) and, where
+    the constructor raised, what it raised."""
 
-    __slots__ = ("layer", "verdicts")
+    __slots__ = ("failed", "layer", "verdicts")
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.verdicts: list[tuple[Any, Any]] = []
+        self.failed: str | None = None
 
 
 def enter(layer: Any) -> Build:

@@ -157,6 +157,21 @@ class LayerReport:
             line += f" (its {hidden} not visible: judged as for every layer)"
         return line
 
+    def failed_line(self, error: str) -> str:
+        """The WARNING where vLLM raised building a layer whose fused kernel
+        the plugin refused, e.g. ``moe_routing: model.layers.3.mlp.experts:
+        DeepSeekV3, ..., bf16: flashinfer#3875 guarded (the fused kernel
+        refused); vLLM then raised NotImplementedError: No Unquantized MoE
+        backend supports the deployment configuration.``: vLLM's own error
+        does not name the refusal."""
+        done = [f"{b.id} guarded" for b in self.guarded]
+        if self.refused_renormalize:
+            done.append(f"Renormalize refused by {RENORMALIZE_VAR}=disable")
+        return (
+            f"{PLUGIN}: {self.name}: {self.layer.describe()}: {', '.join(done)} "
+            f"(the fused kernel refused); vLLM then raised {error}"
+        )
+
 
 def overridden_warning(bug: KnownBug, decision: Decision) -> str:
     """The WARNING where ``VLLM_MOE_ROUTING_RENORMALIZE=enable`` lets the fused

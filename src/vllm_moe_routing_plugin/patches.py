@@ -232,7 +232,9 @@ def layer_constructor(
     backend oracle for the layer's kernel.
     How: the original runs unchanged between ``layers.enter`` and
     ``layers.leave``; afterwards ``on_built`` reports the layer (it must not
-    raise). An exception of vLLM's own propagates as it would.
+    raise), also where the constructor raised (``Build.failed``: where the
+    plugin refused the fused kernel, vLLM may find no other, and its error
+    does not say why). vLLM's exception propagates as it would.
     Upstream: none; vLLM's ``FusedMoEConfig`` would need these values.
     Remove when: no catalogue entry needs a layer's own values.
     """
@@ -241,9 +243,14 @@ def layer_constructor(
         build = layers.enter(self)
         try:
             original(self, *args, **kwargs)
+        except Exception as exc:
+            build.failed = type(exc).__name__
+            with contextlib.suppress(Exception):
+                build.failed = describe_error(exc)
+            raise
         finally:
             layers.leave()
-        on_built(build)
+            on_built(build)
 
     __init__.__doc__ = original.__doc__
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
