@@ -85,13 +85,16 @@ ADVISED_FLASHINFER = "0.6.8.post1"
 PLAIN = Env(None)
 PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
 
+#: The Pythons pyproject.toml's classifiers name (3.10 - 3.13).
+PYTHONS = nox.project.python_versions(PYPROJECT)
+
 #: The test command's environments, and the interpreters they run under
 #: (None: the Python nox runs under). plain: no vLLM (decision, facts,
 #: settings, status without vLLM); 0.19.1 + the advised FlashInfer: the patch path
 #: and vLLM's FP8 backend selection; 0.19.1 as pinned: the guard with the real
 #: FlashInfer 0.6.6 (NVFP4 and MXFP4 backend selection); 0.17.1 as pinned: the
 #: guard on the 0.17 FP8 class; 0.33.0: the native path. The oldest and newest
-#: Python vLLM supports run the first two, less the tests marked ``processes``
+#: Python of ``PYTHONS`` run the first two, less the tests marked ``processes``
 #: (each starts Python processes that import vLLM afresh, 10 - 160 s, to check
 #: what a fresh process does, which the Python version does not change).
 TEST_RUNS: list[tuple[str | None, Env]] = [
@@ -100,10 +103,11 @@ TEST_RUNS: list[tuple[str | None, Env]] = [
     (None, Env("0.19.1")),
     (None, Env("0.17.1")),
     (None, Env("0.33.0")),
-    ("3.10", PLAIN),
-    ("3.10", PATCH_PATH),
-    ("3.13", PLAIN),
-    ("3.13", PATCH_PATH),
+    *(
+        (python, env)
+        for python in (PYTHONS[0], PYTHONS[-1])
+        for env in (PLAIN, PATCH_PATH)
+    ),
 ]
 
 #: Releases that catalogue entries reach and the test command's other
