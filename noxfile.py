@@ -24,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -229,8 +230,9 @@ DIST = ROOT / "build" / "dist"
 def package(session: nox.Session) -> None:
     """What a user installs: build the sdist and the wheel, check their
     metadata (``twine check``), install the wheel (not the checkout, not
-    editable) next to vLLM 0.19.1 in an environment of its own, and run
-    ``vllm-moe-routing status`` from outside the clone."""
+    editable) next to vLLM 0.19.1 in an environment of its own, run
+    ``vllm-moe-routing status`` from outside the clone, and run the sdist's
+    own tests against that wheel."""
     session.install("build", "twine")
     shutil.rmtree(DIST, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
@@ -255,6 +257,19 @@ def package(session: nox.Session) -> None:
         str(ROOT),
     )  # fmt: skip
     session.run("vllm-moe-routing", "status", "--capability", "10.0")
+    # The sdist runs its own tests against the installed wheel, as a
+    # distribution's packager would (less those that start processes: the
+    # test command runs them).
+    session.install(*TEST_DEPENDENCIES)
+    with tarfile.open(DIST / expected[1]) as sdist:
+        sdist.extractall(outside, filter="data")
+    unpacked = outside / expected[1].removesuffix(".tar.gz")
+    session.chdir(unpacked)
+    shutil.rmtree(unpacked / "src")  # the tests must import the installed wheel
+    session.run(
+        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "not processes",
+        env={"PYTHONPATH": str(unpacked / "tests")},
+    )  # fmt: skip
 
 
 def _version() -> str:
