@@ -77,18 +77,34 @@ def test_underflow_cases_give_all_zero_selected_scores():
         assert (weights == 0).all() and not weights.isnan().any()
 
 
-def test_glm_like_case_loses_every_score_under_the_bias():
-    """flashinfer#3875's mechanism on these inputs: (sigmoid + bias) - bias is 0
-    in fp32 for every expert, while the reference's weights are not."""
+def _weights_from(scores, ids):
+    selected = torch.gather(scores, -1, ids)
+    return (selected / (selected.sum(-1, keepdim=True) + 1e-20)).bfloat16().float()
+
+
+def test_glm_like_case_fails_the_cancellation_and_passes_the_sigmoids_error():
+    """The case separates flashinfer#3875 from FlashInfer's sigmoid: weights
+    from (sigmoid + bias) - bias in fp32 fail the comparison for most tokens;
+    weights from scores 1.4 % off (tanh.approx's worst there, measured on an
+    H200 with scripts/sigmoid_probe.cu), either way per expert, pass it."""
     case = by_name("DeepSeekV3/E256/k8/T300/small/bias-large")
     logits, bias = case.inputs()
-    assert bias is not None and (bias.float() > 11).all()
+    assert bias is not None and (bias.float() >= 12).all()
+    # the band where the H200 measured tanh.approx's sigmoid within 1.4 %
+    assert logits.min() >= -13.0 and logits.max() < -12.0
+    ids, weights, keys, _ = reference.route_sigmoid(logits, bias, 8)
     scores = torch.sigmoid(logits)
-    assert scores.max() < 1e-5 and (scores > 0).all()
-    recovered = (scores + bias.float()) - bias.float()
-    assert (recovered == 0).float().mean() > 0.99
-    _, weights, _, _ = reference.route_sigmoid(logits, bias, 8)
-    assert torch.allclose(weights.sum(-1), torch.ones(300), atol=2e-2)
+    cancelled = (scores + bias.float()) - bias.float()
+    flip = torch.where(torch.arange(scores.numel()) % 2 == 0, 1.014, 0.986)
+    coarse = scores * flip.view(scores.shape)
+
+    def compared(scores):
+        return reference.compare_routed(
+            ids, _weights_from(scores, ids), ids, keys, weights
+        )
+
+    assert compared(cancelled).weight_errors > 0.8 * case.tokens
+    assert compared(coarse).weight_errors == 0
 
 
 def test_the_glm_like_scores_also_run_without_the_large_bias():
