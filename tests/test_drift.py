@@ -10,7 +10,7 @@ from types import ModuleType
 import pytest
 
 from support import STAND_IN_TARGET, Methods, stand_in_module, supported
-from vllm_moe_routing_plugin import bugs, patching, policy, targets
+from vllm_moe_routing_plugin import bugs, layers, patching, policy, targets
 
 ENABLE = policy.Decision("enable", "test")
 #: flashinfer#2822, as if its kernel were behind the stand-in target too.
@@ -167,6 +167,48 @@ def test_a_known_layer_class_is_watched_and_put_back():
     assert [build.layer for build in built] == [instance]
     outcome.patch.undo()
     assert vars(cls)["__init__"] is Layer.__init__
+
+
+class FailingLayer:
+    """vLLM's constructor raising where it asks for the layer's kernel."""
+
+    def __init__(self, error):
+        self.num_expert_group = None
+        self.topk_group = None
+        self.e_score_correction_bias = None
+        self.routed_scaling_factor = 1.0
+        self.quant_method = self.choose_kernel(error)
+
+    @staticmethod
+    def choose_kernel(error):
+        raise error
+
+
+@pytest.mark.parametrize("reporter_raises", [False, True])
+def test_a_layer_constructor_that_raises_is_reported_and_its_error_kept(
+    reporter_raises,
+):
+    cls = type("FusedMoE", (FailingLayer,), {"__init__": FailingLayer.__init__})
+    reports = []
+
+    def on_built(build):
+        reports.append((build.error, layers.being_built()))
+        if reporter_raises:
+            raise RuntimeError("the report failed")
+
+    outcome = patching.watch_layers(LAYER_CLASS, layer_module(cls), on_built)
+    assert outcome.state == "patched", outcome.detail
+    error = ValueError("no MoE kernel")
+    with pytest.raises(ValueError) as raised:
+        cls(error)
+    assert raised.value is error  # vLLM's exception, not the report's
+    assert reports == [("ValueError: no MoE kernel", None)]
+    assert layers.being_built() is None
+    with pytest.raises(KeyboardInterrupt):
+        cls(KeyboardInterrupt())
+    assert len(reports) == 1  # an interrupted layer is not reported
+    assert layers.being_built() is None
+    outcome.patch.undo()
 
 
 def test_a_layer_class_that_does_not_set_a_value_is_left_alone_and_said():

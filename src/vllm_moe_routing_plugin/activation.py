@@ -129,18 +129,20 @@ class Activation:
     def on_layer_built(self, build: Build) -> None:
         """Report a MoE layer vLLM just built: one INFO line for the first
         layer of its kind, one WARNING for each warned known bug the first
-        time it hits a layer; a WARNING where vLLM failed to build a layer
-        whose fused kernel the plugin refused. Called inside vLLM's layer
-        constructor: never raises."""
+        time it hits a layer; a WARNING where vLLM found no kernel for a
+        layer whose fused kernel the plugin refused, and raised. Called inside
+        vLLM's layer constructor: never raises."""
         try:
             if not build.verdicts:
                 return  # no layer check was asked about it
-            if build.failed is not None:
+            if build.error is not None:
+                if log_line.chosen_kernel(build.layer) is not None:
+                    return  # vLLM failed after choosing a kernel: not the refusal
                 report = log_line.LayerReport(
                     build.verdicts, None, layers.name(build.layer)
                 )
                 if report.guarded or report.refused_renormalize:
-                    logger.warning("%s", report.failed_line(build.failed))
+                    logger.warning("%s", report.unbuilt_line(build.error))
                 return
             key = log_line.kind(build.verdicts)
             if key in self.layer_kinds:

@@ -31,12 +31,12 @@ class Build:
     routing checks reached for it (``policy.Verdict``, by target) and, where
     the constructor raised, what it raised."""
 
-    __slots__ = ("failed", "layer", "verdicts")
+    __slots__ = ("error", "layer", "verdicts")
 
     def __init__(self, layer: Any) -> None:
         self.layer = layer
         self.verdicts: list[tuple[Any, Any]] = []
-        self.failed: str | None = None
+        self.error: str | None = None
 
 
 def enter(layer: Any) -> Build:

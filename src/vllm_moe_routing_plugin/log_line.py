@@ -2,8 +2,9 @@
 """What a vLLM process logs: the INFO line with the decision (plugin,
 version, decision, reason with its facts, what happened to each target), the
 short line when a target module is imported later, one INFO line per kind of
-MoE layer a known bug is judged for, and one WARNING per warned known bug
-that hits a layer actually built."""
+MoE layer a known bug is judged for, one WARNING per warned known bug
+that hits a layer actually built, and one where vLLM found no kernel for a
+layer whose fused kernel the plugin refused."""
 
 from __future__ import annotations
 
@@ -157,20 +158,22 @@ class LayerReport:
             line += f" (its {hidden} not visible: judged as for every layer)"
         return line
 
-    def failed_line(self, error: str) -> str:
-        """The WARNING where vLLM raised building a layer whose fused kernel
-        the plugin refused, e.g. ``moe_routing: model.layers.3.mlp.experts:
-        DeepSeekV3, ..., bf16: flashinfer#3875 guarded (the fused kernel
-        refused); vLLM then raised NotImplementedError: No Unquantized MoE
-        backend supports the deployment configuration.``: vLLM's own error
-        does not name the refusal."""
+    def unbuilt_line(self, error: str) -> str:
+        """The WARNING where vLLM found no kernel for a layer whose fused
+        kernel the plugin refused, and raised, e.g. ``moe_routing:
+        model.layers.3.mlp.experts: DeepSeekV3, ..., bf16: flashinfer#3875
+        guarded (the fused kernel refused); vLLM then raised
+        NotImplementedError: No Unquantized MoE backend supports the
+        deployment configuration.``: vLLM's automatic selection, and the BF16
+        selection of vLLM 0.16 - 0.19, do not name the refusal."""
         done = [f"{b.id} guarded" for b in self.guarded]
         if self.refused_renormalize:
             done.append(f"Renormalize refused by {RENORMALIZE_VAR}=disable")
-        return (
-            f"{PLUGIN}: {self.name}: {self.layer.describe()}: {', '.join(done)} "
-            f"(the fused kernel refused); vLLM then raised {error}"
-        )
+        line = f"{PLUGIN}: {self.name}: {self.layer.describe()}: {', '.join(done)}"
+        if self.blind:
+            hidden = ", ".join(sorted(self.blind))
+            line += f" (its {hidden} not visible: judged as for every layer)"
+        return f"{line} (the fused kernel refused); vLLM then raised {error}"
 
 
 def overridden_warning(bug: KnownBug, decision: Decision) -> str:

@@ -231,26 +231,31 @@ def layer_constructor(
     they are attributes of this object, set before its constructor asks the
     backend oracle for the layer's kernel.
     How: the original runs unchanged between ``layers.enter`` and
-    ``layers.leave``; afterwards ``on_built`` reports the layer (it must not
-    raise), also where the constructor raised (``Build.failed``: where the
-    plugin refused the fused kernel, vLLM may find no other, and its error
-    does not say why). vLLM's exception propagates as it would.
+    ``layers.leave``; afterwards ``on_built`` reports the layer, also where
+    the constructor raised an ``Exception`` (``Build.error``: where the plugin
+    refused the fused kernel, vLLM may find no other, and its error need not
+    say why). vLLM's exception propagates as it would; one of ``on_built``'s
+    is swallowed.
     Upstream: none; vLLM's ``FusedMoEConfig`` would need these values.
     Remove when: no catalogue entry needs a layer's own values.
     """
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         build = layers.enter(self)
+        built = False
         try:
             original(self, *args, **kwargs)
+            built = True
         except Exception as exc:
-            build.failed = type(exc).__name__
+            build.error = type(exc).__name__
             with contextlib.suppress(Exception):
-                build.failed = describe_error(exc)
+                build.error = describe_error(exc)
             raise
         finally:
             layers.leave()
-            on_built(build)
+            if built or build.error is not None:  # not on KeyboardInterrupt
+                with contextlib.suppress(Exception):
+                    on_built(build)
 
     __init__.__doc__ = original.__doc__
     __init__.__wrapped__ = original  # type: ignore[attr-defined]
