@@ -341,15 +341,16 @@ def test_version():
 def test_a_reader_that_leaves_early_ends_the_command_quietly(args):
     """``vllm-moe-routing verify --json | head -c1``: the reader is gone
     before the report is written (here: before the process starts)."""
-    process = subprocess.Popen(
+    with subprocess.Popen(
         [sys.executable, "-m", "vllm_moe_routing_plugin", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    process.stdout.close()
-    stderr = process.stderr.read()
-    assert (process.wait(timeout=300), stderr) == (cli.CLOSED_STDOUT, "")
+    ) as process:
+        process.stdout.close()
+        stderr = process.stderr.read()
+        code = process.wait(timeout=300)
+    assert (code, stderr) == (cli.CLOSED_STDOUT, "")
 
 
 def test_settings_are_shown_as_the_user_writes_them():
