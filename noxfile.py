@@ -42,7 +42,7 @@ MATRIX_RESULTS = ROOT / "build" / "matrix"
 # mirror only the system's store verifies the package index.
 os.environ.setdefault("UV_SYSTEM_CERTS", "1")
 
-nox.needs_version = ">=2025.10.14"
+nox.needs_version = ">=2026.8.10"  # python_versions() sorted
 nox.options.default_venv_backend = "uv"
 nox.options.envdir = str(CACHE / "nox")
 nox.options.reuse_venv = "yes"
@@ -86,7 +86,7 @@ ADVISED_FLASHINFER = "0.6.8.post1"
 PLAIN = Env(None)
 PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
 
-#: The Pythons pyproject.toml's classifiers name (3.10 - 3.13).
+#: The Pythons pyproject.toml's classifiers name, oldest first.
 PYTHONS = nox.project.python_versions(PYPROJECT)
 
 #: The test command's environments, and the interpreters they run under
@@ -261,9 +261,12 @@ def package(session: nox.Session) -> None:
     # distribution's packager would (less those that start processes: the
     # test command runs them).
     session.install(*TEST_DEPENDENCIES)
+    unpacked = outside / expected[1].removesuffix(".tar.gz")
+    shutil.rmtree(unpacked, ignore_errors=True)  # the tmp folder outlives runs
+    if not hasattr(tarfile, "data_filter"):
+        session.error("needs Python >= 3.10.12 / 3.11.4 (tarfile's data filter)")
     with tarfile.open(DIST / expected[1]) as sdist:
         sdist.extractall(outside, filter="data")
-    unpacked = outside / expected[1].removesuffix(".tar.gz")
     session.chdir(unpacked)
     shutil.rmtree(unpacked / "src")  # the tests must import the installed wheel
     session.run(

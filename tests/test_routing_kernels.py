@@ -85,17 +85,19 @@ def _weights_from(scores, ids):
 def test_glm_like_case_fails_the_cancellation_and_passes_the_sigmoids_error():
     """The case separates flashinfer#3875 from FlashInfer's sigmoid: weights
     from (sigmoid + bias) - bias in fp32 fail the comparison for most tokens;
-    weights from scores 1.4 % off (tanh.approx's worst there, measured on an
-    H200 with scripts/sigmoid_probe.cu), either way per expert, pass it."""
+    weights from scores 1.5 % off, either way per expert, pass it. What holds
+    the case in place is its band of logits: tanh.approx's sigmoid, measured
+    on an H200 with scripts/sigmoid_probe.cu, is within 1.42 % there and 25 %
+    off two logits lower (the comparison lets about 9 % through)."""
     case = by_name("DeepSeekV3/E256/k8/T300/small/bias-large")
     logits, bias = case.inputs()
     assert bias is not None and (bias.float() >= 12).all()
-    # the band where the H200 measured tanh.approx's sigmoid within 1.4 %
+    # the band where the H200 measured tanh.approx's sigmoid within 1.42 %
     assert logits.min() >= -13.0 and logits.max() < -12.0
     ids, weights, keys, _ = reference.route_sigmoid(logits, bias, 8)
     scores = torch.sigmoid(logits)
     cancelled = (scores + bias.float()) - bias.float()
-    flip = torch.where(torch.arange(scores.numel()) % 2 == 0, 1.014, 0.986)
+    flip = torch.where(torch.arange(scores.numel()) % 2 == 0, 1.015, 0.985)
     coarse = scores * flip.view(scores.shape)
 
     def compared(scores):
