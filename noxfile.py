@@ -339,7 +339,7 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session
 def status(session: nox.Session) -> None:
-    """``vllm-moe-routing status`` with vLLM 0.19.1 and FlashInfer 0.6.7
+    """``vllm-moe-routing status`` with vLLM 0.19.1 and the advised FlashInfer
     (``-- ARGS`` go to status, e.g. ``-- --capability 10.0 --json``)."""
     install(session, PATCH_PATH)
     session.run("vllm-moe-routing", "status", *session.posargs)

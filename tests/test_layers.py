@@ -4,8 +4,8 @@ is built with vLLM's own ``FusedMoE`` constructor (``FusedMoEFactory`` from
 0.27), whose quant method asks vLLM's backend oracle for its kernel, with the
 routing values each model family's vLLM model file passes (GLM-4.5-Air,
 GLM-5, DeepSeek-V3, Kimi-K2, MiniMax-M2, Step-3.5, Ling-2.0, Qwen3-30B-A3B,
-Qwen3.5-35B-A3B), in BF16 and block FP8; once without the plugin, once with
-it, once after it is undone.
+Qwen3.5-35B-A3B, Trinity-Mini), in BF16 and block FP8; once without the
+plugin, once with it, once after it is undone.
 
 Layers no in-range entry hits keep exactly vLLM's choice; layers an entry
 guards leave the fused routing. Expected answers are written from the
