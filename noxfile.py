@@ -167,6 +167,16 @@ def install(session: nox.Session, env: Env) -> None:
             if _installed(session, "flashinfer-cubin"):
                 over_pins.append(f"flashinfer-cubin=={env.flashinfer}")
             session.install("--no-deps", *over_pins)
+        # cuda-python 12.6's wheel carries the cuda/bindings files too; where the
+        # resolver also installs cuda-bindings 13 (vLLM 0.33.0's tree), uv writes
+        # both at once and either's files can end up on disk. FlashInfer's CUTLASS
+        # DSL needs cuda-bindings' own: write them again.
+        bindings = _installed_version(session, "cuda-bindings")
+        if bindings and _installed(session, "cuda-python"):
+            session.install(
+                "--no-deps", "--reinstall-package", "cuda-bindings",
+                f"cuda-bindings=={bindings}",
+            )  # fmt: skip
         marker.write_text(spec)
     session.install(
         "--no-deps",
@@ -175,6 +185,14 @@ def install(session: nox.Session, env: Env) -> None:
         "vllm-moe-routing-plugin",
         str(ROOT),
     )
+
+
+def _installed_version(session: nox.Session, distribution: str) -> str | None:
+    site = Path(session.virtualenv.location).glob("lib/python*/site-packages")
+    prefix = f"{distribution.replace('-', '_')}-"
+    for path in (p for folder in site for p in folder.glob(f"{prefix}*.dist-info")):
+        return path.name.removeprefix(prefix).removesuffix(".dist-info")
+    return None
 
 
 def _installed(session: nox.Session, distribution: str) -> bool:
