@@ -142,21 +142,15 @@ class LayerReport:
         """``moe_routing: model.layers.3.mlp.experts and later layers like it:
         DeepSeekV3, 256 experts, top_k 8, n_group 1, bias, scale 1, fp8-block ->
         TrtLlmFp8ExpertsModular: flashinfer#3875 guarded``."""
-        done = [f"{b.id} guarded" for b in self.guarded]
-        if self.refused_renormalize:
-            done.append(f"Renormalize refused by {RENORMALIZE_VAR}=disable")
+        done = self._refusals()
         done += [f"{b.id} fixed" for b in self.fixed]
         done += [f"{b.id} warned" for b, _, _ in self.warned]
         kernel = f" -> {self.chosen}" if self.chosen else ""
         what = ", ".join(done) if done else "no known bug hits it"
-        line = (
+        return (
             f"{PLUGIN}: {self.name} and later layers like it: "
-            f"{self.layer.describe()}{kernel}: {what}"
+            f"{self.layer.describe()}{kernel}: {what}{self._blind_note()}"
         )
-        if self.blind:
-            hidden = ", ".join(sorted(self.blind))
-            line += f" (its {hidden} not visible: judged as for every layer)"
-        return line
 
     def unbuilt_line(self, error: str) -> str:
         """The WARNING where vLLM found no kernel for a layer whose fused
@@ -166,14 +160,24 @@ class LayerReport:
         NotImplementedError: No Unquantized MoE backend supports the
         deployment configuration.``: vLLM's automatic selection, and the BF16
         selection of vLLM 0.16 - 0.19, do not name the refusal."""
+        return (
+            f"{PLUGIN}: {self.name}: {self.layer.describe()}: "
+            f"{', '.join(self._refusals())}{self._blind_note()} (the fused kernel "
+            f"refused); vLLM then raised {error}"
+        )
+
+    def _refusals(self) -> list[str]:
+        """What kept the layer off the fused routing."""
         done = [f"{b.id} guarded" for b in self.guarded]
         if self.refused_renormalize:
             done.append(f"Renormalize refused by {RENORMALIZE_VAR}=disable")
-        line = f"{PLUGIN}: {self.name}: {self.layer.describe()}: {', '.join(done)}"
-        if self.blind:
-            hidden = ", ".join(sorted(self.blind))
-            line += f" (its {hidden} not visible: judged as for every layer)"
-        return f"{line} (the fused kernel refused); vLLM then raised {error}"
+        return done
+
+    def _blind_note(self) -> str:
+        if not self.blind:
+            return ""
+        hidden = ", ".join(sorted(self.blind))
+        return f" (its {hidden} not visible: judged as for every layer)"
 
 
 def overridden_warning(bug: KnownBug, decision: Decision) -> str:
