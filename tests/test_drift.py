@@ -208,6 +208,14 @@ def test_a_layer_constructor_that_raises_is_reported_and_its_error_kept(
         cls(KeyboardInterrupt())
     assert len(reports) == 1  # an interrupted layer is not reported
     assert layers.being_built() is None
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no message")
+
+    with pytest.raises(Unprintable):
+        cls(Unprintable())
+    assert reports[-1] == ("Unprintable", None)  # named by its type
     outcome.patch.undo()
 
 

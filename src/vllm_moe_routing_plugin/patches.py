@@ -247,9 +247,7 @@ def layer_constructor(
             original(self, *args, **kwargs)
             built = True
         except Exception as exc:
-            build.error = type(exc).__name__
-            with contextlib.suppress(Exception):
-                build.error = describe_error(exc)
+            build.error = describe_error(exc)
             raise
         finally:
             layers.leave()
