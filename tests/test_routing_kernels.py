@@ -77,11 +77,6 @@ def test_underflow_cases_give_all_zero_selected_scores():
         assert (weights == 0).all() and not weights.isnan().any()
 
 
-def _weights_from(scores, ids):
-    selected = torch.gather(scores, -1, ids)
-    return (selected / (selected.sum(-1, keepdim=True) + 1e-20)).bfloat16().float()
-
-
 def test_glm_like_case_fails_the_cancellation_and_passes_the_sigmoids_error():
     """The case separates flashinfer#3875 from FlashInfer's sigmoid: weights
     from (sigmoid + bias) - bias in fp32 fail the comparison for most tokens;
@@ -102,7 +97,7 @@ def test_glm_like_case_fails_the_cancellation_and_passes_the_sigmoids_error():
 
     def compared(scores):
         return reference.compare_routed(
-            ids, _weights_from(scores, ids), ids, keys, weights
+            ids, reference.sigmoid_weights(scores, ids), ids, keys, weights
         )
 
     assert compared(cancelled).weight_errors > 0.8 * case.tokens

@@ -231,9 +231,19 @@ def route_sigmoid(
         mask = allowed.repeat_interleave(experts // n_group, dim=1)
         keys_ = torch.where(mask, keys_, torch.full_like(keys_, float("-inf")))
     ids = top_k(keys_, k)
+    return ids, sigmoid_weights(scores, ids, scale), keys_, group_scores
+
+
+def sigmoid_weights(
+    scores: torch.Tensor, ids: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """The weights of the experts ``ids`` from the un-biased ``scores``:
+    s_S / (sum(s_S) + 1e-20) * scale, emitted as bf16."""
+    import torch
+
     selected = torch.gather(scores, -1, ids)
     weights = selected / (selected.sum(-1, keepdim=True) + SIGMOID_SUM_EPSILON) * scale
-    return ids, weights.to(torch.bfloat16).float(), keys_, group_scores
+    return weights.to(torch.bfloat16).float()
 
 
 def compare_routed(
