@@ -196,9 +196,7 @@ def _installed_version(session: nox.Session, distribution: str) -> str | None:
 
 
 def _installed(session: nox.Session, distribution: str) -> bool:
-    site = Path(session.virtualenv.location).glob("lib/python*/site-packages")
-    dist_info = f"{distribution.replace('-', '_')}-*.dist-info"
-    return any(any(path.glob(dist_info)) for path in site)
+    return _installed_version(session, distribution) is not None
 
 
 @nox.session(python=False)
