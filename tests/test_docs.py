@@ -31,7 +31,20 @@ def test_links_work_outside_a_clone():
         assert link.startswith("https://"), link
         prefix = f"{about.REPOSITORY}/blob/main/"
         if link.startswith(prefix):
-            assert (ROOT / link.removeprefix(prefix)).is_file(), link
+            path, _, anchor = link.removeprefix(prefix).partition("#")
+            assert (ROOT / path).is_file(), link
+            if anchor:
+                assert anchor in anchors(ROOT / path), link
+
+
+def anchors(page: Path) -> set[str]:
+    """The anchors GitHub gives a Markdown page's headings: lower case, spaces
+    to hyphens, punctuation other than hyphens and underscores dropped."""
+    headings = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), re.M)
+    return {
+        re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        for heading in headings
+    }
 
 
 def test_the_install_section_says_what_works_today():
