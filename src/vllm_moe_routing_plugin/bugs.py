@@ -320,11 +320,11 @@ FLASHINFER_3803 = KnownBug(
     wrong="divides DeepSeekV3 routing weights by a zero sum",
     action="warn",
     why=(
-        "on its own the sum is 0 only when every selected logit is below about -88, "
-        "an input that practically never occurs; where FlashInfer 0.6.8 - 0.6.17 "
-        "also cancels small scores under the bias (flashinfer#3875), the same "
-        "layers give NaN in production (GLM-5.2, vllm#47367) and are guarded "
-        "under that entry"
+        "input-dependent: on its own the sum is 0 only when every selected logit "
+        "is below about -16 (where FlashInfer's fast-math sigmoid gives 0, "
+        "measured on an H200); where FlashInfer 0.6.8 - 0.6.17 also cancels small "
+        "scores under the bias (flashinfer#3875), the same layers give NaN in "
+        "production (GLM-5.2, vllm#47367) and are guarded under that entry"
     ),
     layers=Layers(("DeepSeekV3",), groups="without"),
     kernels=_SIGMOID_KERNELS,
@@ -343,10 +343,11 @@ FLASHINFER_3946 = KnownBug(
     wrong="divides grouped DeepSeekV3 routing weights by a zero sum",
     action="warn",
     why=(
-        "input-dependent (every selected expert's logit below about -88), and the "
-        "grouped kernel never recovers the score through the bias; a guard would "
-        "move every DeepSeek-V3 layer off the fused kernel for inputs that "
-        "practically never occur"
+        "input-dependent (every selected expert's logit below about -16, where "
+        "FlashInfer's fast-math sigmoid gives 0), and the grouped kernel selects "
+        "and weighs by the un-biased sigmoid, so a token must have its best "
+        "logits that low; a guard would move every DeepSeek-V3 layer off the "
+        "fused kernel for it"
     ),
     layers=Layers(("DeepSeekV3",), groups="with"),
     kernels=_SIGMOID_KERNELS,
