@@ -2,9 +2,11 @@
 """The routing-kernel check on the CPU: its cases, the sigmoid reference
 router and the comparison, reading the driver's output, the catalogue report,
 and the build's reading of FlashInfer's runner. The CUDA driver is replaced by
-a stand-in program that answers with the reference (and, per mode, the faults
-the catalogue's bugs produce); building and running the real kernels needs
-nvcc and a GPU (docs/verify.md)."""
+a stand-in program that checks the case lines and input files it is handed and
+answers with the reference routing (and, per mode, the faults the catalogue's
+bugs produce), computed once in this process so that the stand-in starts
+without torch; building and running the real kernels needs nvcc and a GPU
+(docs/verify.md)."""
 
 from __future__ import annotations
 
@@ -216,50 +218,109 @@ def test_decode_reads_what_the_driver_writes():
 
 
 STAND_IN = """
-import struct, sys, torch
+import sys
 from pathlib import Path
-from vllm_moe_routing_plugin.diagnostics import reference
 cases_file, out, first = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 for index, line in enumerate(Path(cases_file).read_text().splitlines()):
     if index < first or not line:
         continue
-    (name, method, t, e, k, g, tg, scale, ldt, lf, bdt, bf) = line.split()
-    t, e, k, g, tg, method = int(t), int(e), int(k), int(g), int(tg), int(method)
-    raw = bytearray(Path(lf).read_bytes())
-    if ldt == "bf16":
-        logits = torch.frombuffer(raw, dtype=torch.int16).view(torch.bfloat16).float()
-    else:
-        logits = torch.frombuffer(raw, dtype=torch.float32)
-    logits = logits.view(t, e)
-    bias = torch.zeros(e)
-    if bdt == "bf16":
-        bias = torch.frombuffer(bytearray(Path(bf).read_bytes()), dtype=torch.int16)
-        bias = bias.view(torch.bfloat16).float()
+    fields = line.split()
+    known = ANSWERS / fields[0].replace("/", "_")
+    # what routing_driver.cu reads: the case's numbers and dtypes, and its files
+    if fields[:9] + fields[10:11] != (known / "line").read_text().split():
+        sys.exit("unexpected case line: " + line)
+    for given, expected in ((fields[9], "logits"), (fields[11], "bias")):
+        if (known / expected).exists() and (
+            Path(given).read_bytes() != (known / expected).read_bytes()
+        ):
+            sys.exit(f"unexpected {expected} for {fields[0]}")
     if MODE == "crash" and index == 1:
         sys.exit(3)
-    if method == 1:
-        ids, w = reference.route(logits.to(torch.bfloat16), k, "renormalize", (0, 6, 7))
-    else:
-        ids, w, _, _ = reference.route_sigmoid(logits, bias, k, n_group=g,
-                                               topk_group=tg, scale=float(scale))
-        if MODE == "nan" and (torch.sigmoid(logits) == 0).all():
-            w = torch.full_like(w, float("nan"))  # flashinfer#3803 / #3946
-    if MODE == "garbage" and method == 1 and e > 128 and k < 10 and (logits < 0).all():
-        ids[:, -1] = 0  # expert 0 with a garbage score, as flashinfer#2822 does
-    data = struct.pack("<5i", t, k, t * k, 1, 8)
-    for i in range(t):
-        for j in range(k):
-            e_ = int(ids[i, j])
-            data += struct.pack("<ifif", e_, float(w[i, j]), e_, 0.0)
-    (out / f"{index}.bin").write_bytes(data)
+    (out / f"{index}.bin").write_bytes((known / MODE).read_bytes())
 """
 
 
-def stand_in(tmp_path: Path, mode: str, methods: dict[str, int]) -> check.Kernels:
-    script = tmp_path / f"driver_{mode}"
-    script.write_text(f"#!{sys.executable}\nMODE = {mode!r}\n" + STAND_IN)
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return check.Kernels(script, "test", methods)
+def as_bytes(tensor: torch.Tensor) -> bytes:
+    if tensor.dtype == torch.bfloat16:
+        tensor = tensor.view(torch.int16)
+    return tensor.contiguous().numpy().tobytes()
+
+
+def answer(case: cases.RoutingCase, mode: str) -> bytes:
+    """What the stand-in driver writes for ``case``: the reference routing,
+    with the fault ``mode`` names (the catalogue's bugs as the kernels show
+    them), in the driver's output format."""
+    logits, bias = case.inputs()
+    if case.logits_dtype == "bf16":
+        logits = logits.to(torch.bfloat16).float()
+    if case.method == "Renormalize":
+        ids, w = reference.route(
+            logits.to(torch.bfloat16), case.top_k, "renormalize", (0, 6, 7)
+        )
+    else:
+        ids, w, _, _ = reference.route_sigmoid(
+            logits,
+            torch.zeros(case.experts) if bias is None else bias.float(),
+            case.top_k,
+            n_group=case.n_group,
+            topk_group=case.topk_group,
+            scale=case.scale,
+        )
+        if mode == "nan" and (torch.sigmoid(logits) == 0).all():
+            w = torch.full_like(w, float("nan"))  # flashinfer#3803 / #3946
+    garbage = case.method == "Renormalize" and case.experts > 128 and case.top_k < 10
+    if mode == "garbage" and garbage and (logits < 0).all():
+        ids[:, -1] = 0  # expert 0 with a garbage score, as flashinfer#2822 does
+    t, k = case.tokens, case.top_k
+    data = struct.pack("<5i", t, k, t * k, 1, 8)
+    for i in range(t):
+        for j in range(k):
+            expert = int(ids[i, j])
+            data += struct.pack("<ifif", expert, float(w[i, j]), expert, 0.0)
+    return data
+
+
+MODES = ("right", "crash", "garbage", "nan")
+
+
+@pytest.fixture(scope="module")
+def answers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Per case of ``SMALL``: the case line and input files ``check.run``
+    must hand the driver, and the stand-in's answer in each mode, computed
+    here once so that the stand-in process starts without torch."""
+    root = tmp_path_factory.mktemp("answers")
+    for case in SMALL:
+        known = root / case.name.replace("/", "_")
+        known.mkdir()
+        logits, bias = case.inputs()
+        dtype = torch.bfloat16 if case.logits_dtype == "bf16" else torch.float32
+        (known / "logits").write_bytes(as_bytes(logits.to(dtype)))
+        if bias is not None:
+            (known / "bias").write_bytes(as_bytes(bias))
+        method = NEW[case.method]
+        (known / "line").write_text(
+            f"{case.name} {method} {case.tokens} {case.experts} {case.top_k} "
+            f"{case.n_group} {case.topk_group} {case.scale!r} {case.logits_dtype} "
+            f"{'none' if bias is None else 'bf16'}"
+        )
+        for mode in MODES:  # "crash" kills the stand-in at its second case
+            faults = "right" if mode == "crash" else mode
+            (known / mode).write_bytes(answer(case, faults))
+    return root
+
+
+@pytest.fixture
+def stand_in(tmp_path: Path, answers: Path):
+    def kernels(mode: str, methods: dict[str, int]) -> check.Kernels:
+        script = tmp_path / f"driver_{mode}"
+        script.write_text(
+            f"#!{sys.executable}\nfrom pathlib import Path\n"
+            f"MODE = {mode!r}\nANSWERS = Path({str(answers)!r})\n" + STAND_IN
+        )
+        script.chmod(script.stat().st_mode | stat.S_IEXEC)
+        return check.Kernels(script, "test", methods)
+
+    return kernels
 
 
 OLD = {"Renormalize": 1, "DeepSeekV3": 2}
@@ -274,14 +335,14 @@ SMALL = (
 )
 
 
-def test_right_kernels_pass_every_case(tmp_path):
-    results = check.run(stand_in(tmp_path, "right", NEW), SMALL, (0, 6, 18))
+def test_right_kernels_pass_every_case(stand_in):
+    results = check.run(stand_in("right", NEW), SMALL, (0, 6, 18))
     assert [r.failed for r in results] == [False] * len(SMALL)
     assert all(r.comparison is not None for r in results)
 
 
-def test_a_release_without_minimax2_does_not_run_its_case(tmp_path):
-    results = check.run(stand_in(tmp_path, "right", OLD), SMALL, (0, 6, 7))
+def test_a_release_without_minimax2_does_not_run_its_case(stand_in):
+    results = check.run(stand_in("right", OLD), SMALL, (0, 6, 7))
     minimax = [r for r in results if r.case.method == "MiniMax2"]
     assert minimax and all(not r.ran for r in minimax)
     assert "has no MiniMax2 routing" in (minimax[0].not_run or "")
@@ -290,14 +351,14 @@ def test_a_release_without_minimax2_does_not_run_its_case(tmp_path):
     assert report["flashinfer#3499"].agrees
 
 
-def test_a_crashing_case_is_reported_and_the_rest_still_run(tmp_path):
-    results = check.run(stand_in(tmp_path, "crash", NEW), SMALL, (0, 6, 18))
+def test_a_crashing_case_is_reported_and_the_rest_still_run(stand_in):
+    results = check.run(stand_in("crash", NEW), SMALL, (0, 6, 18))
     assert results[1].failed and results[1].error == "exit 3"
     assert [r.failed for i, r in enumerate(results) if i != 1] == [False] * 5
 
 
-def test_report_says_reproduced_as_the_catalogue_expects(tmp_path):
-    kernels = stand_in(tmp_path, "garbage", OLD)
+def test_report_says_reproduced_as_the_catalogue_expects(stand_in):
+    kernels = stand_in("garbage", OLD)
     results = check.run(kernels, SMALL[:2], (0, 6, 6))
     assert [r.failed for r in results] == [True, False]  # the control passes
     (entry,) = check.entries(results, (0, 6, 6))
@@ -311,22 +372,22 @@ def test_report_says_reproduced_as_the_catalogue_expects(tmp_path):
     assert summary["entries"][0]["observed"] == "reproduced"
 
 
-def test_a_disagreement_with_the_catalogue_is_a_finding(tmp_path):
+def test_a_disagreement_with_the_catalogue_is_a_finding(stand_in):
     # the same wrong routing on a release the catalogue says is fixed
-    results = check.run(stand_in(tmp_path, "garbage", OLD), SMALL[:2], (0, 6, 7))
+    results = check.run(stand_in("garbage", OLD), SMALL[:2], (0, 6, 7))
     summary = check.summarise(results, "0.6.7", (0, 6, 7))
     (finding,) = summary["findings"]
     assert finding.startswith("flashinfer#2822 reproduced on FlashInfer 0.6.7")
     # and a release the catalogue says has it, where nothing fails
-    results = check.run(stand_in(tmp_path, "right", OLD), SMALL[2:4], (0, 6, 14))
+    results = check.run(stand_in("right", OLD), SMALL[2:4], (0, 6, 14))
     found = check.summarise(results, "0.6.14", (0, 6, 14))["findings"]
     assert len(found) == 2 and all(
         "not reproduced on FlashInfer 0.6.14" in f for f in found
     )
 
 
-def test_nan_weights_reproduce_the_underflow_entries(tmp_path):
-    results = check.run(stand_in(tmp_path, "nan", NEW), SMALL[2:4], (0, 6, 14))
+def test_nan_weights_reproduce_the_underflow_entries(stand_in):
+    results = check.run(stand_in("nan", NEW), SMALL[2:4], (0, 6, 14))
     assert all(r.comparison and r.comparison.nan_weights == 1 for r in results)
     report = {e.bug: e for e in check.entries(results, (0, 6, 14))}
     assert report["flashinfer#3803"].reproduced and report["flashinfer#3803"].agrees
@@ -340,8 +401,8 @@ def test_a_failing_control_is_a_finding():
     assert finding.startswith("control case Renormalize/E128/k8/T17/negative failed")
 
 
-def test_render_prints_findings_first_and_exits_1(tmp_path):
-    results = check.run(stand_in(tmp_path, "garbage", OLD), SMALL[:2], (0, 6, 7))
+def test_render_prints_findings_first_and_exits_1(stand_in):
+    results = check.run(stand_in("garbage", OLD), SMALL[:2], (0, 6, 7))
     routing = check.summarise(results, "0.6.7", (0, 6, 7)) | {"arch": "sm_90a"}
     result = {
         "gpus": ["NVIDIA H200 sm_90"],
