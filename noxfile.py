@@ -85,6 +85,9 @@ ADVISED_FLASHINFER = "0.6.8.post1"
 
 PLAIN = Env(None)
 PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
+#: What ``package`` installs the wheel next to: vLLM 0.19.1 as pinned
+#: (FlashInfer 0.6.6, which has flashinfer#2822: the guard path).
+PACKAGE_ENV = Env("0.19.1")
 
 #: The Pythons pyproject.toml's classifiers name, oldest first.
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -92,16 +95,17 @@ PYTHONS = nox.project.python_versions(PYPROJECT)
 #: The test command's environments, and the interpreters they run under
 #: (None: the Python nox runs under). plain: no vLLM (decision, facts,
 #: settings, status without vLLM); 0.19.1 + the advised FlashInfer: the patch path
-#: and vLLM's FP8 backend selection; 0.19.1 as pinned: the guard with the real
-#: FlashInfer 0.6.6 (NVFP4 and MXFP4 backend selection); 0.17.1 as pinned: the
-#: guard on the 0.17 FP8 class; 0.33.0: the native path. The oldest and newest
-#: Python of ``PYTHONS`` run the first two, less the tests marked ``processes``
-#: (each starts Python processes that import vLLM afresh, 10 - 160 s, to check
-#: what a fresh process does, which the Python version does not change).
+#: and vLLM's FP8 backend selection; 0.17.1 as pinned: the guard on the 0.17 FP8
+#: class; 0.33.0: the native path. vLLM 0.19.1 as pinned (the guard with the
+#: real FlashInfer 0.6.6, NVFP4 and MXFP4 backend selection) is ``package``'s
+#: environment: the sdist's tests run there against the installed wheel. The
+#: oldest and newest Python of ``PYTHONS`` run the first two, less the tests
+#: marked ``processes`` (each starts Python processes that import vLLM afresh,
+#: 10 - 160 s, to check what a fresh process does, which the Python version does
+#: not change).
 TEST_RUNS: list[tuple[str | None, Env]] = [
     (None, PLAIN),
     (None, PATCH_PATH),
-    (None, Env("0.19.1")),
     (None, Env("0.17.1")),
     (None, Env("0.33.0")),
     *(
@@ -246,9 +250,10 @@ DIST = ROOT / "build" / "dist"
 def package(session: nox.Session) -> None:
     """What a user installs: build the sdist and the wheel, check their
     metadata (``twine check``), install the wheel (not the checkout, not
-    editable) next to vLLM 0.19.1 in an environment of its own, run
-    ``vllm-moe-routing status`` from outside the clone, and run the sdist's
-    own tests against that wheel."""
+    editable) next to vLLM 0.19.1 as pinned, run ``vllm-moe-routing status``
+    from outside the clone, and run the sdist's own tests against that wheel
+    (``-- ARGS`` go to pytest: ``-- tests/test_vllm_0_19.py -k mxfp4``). It is
+    the test command's vLLM 0.19.1 + FlashInfer 0.6.6 environment."""
     session.install("build", "twine")
     shutil.rmtree(DIST, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
@@ -262,7 +267,7 @@ def package(session: nox.Session) -> None:
         session.error(f"built {built}, expected {expected}")
     session.run("twine", "check", "--strict", *(str(DIST / name) for name in built))
     wheel = DIST / expected[0]
-    session.install(f"vllm=={PATCH_PATH.vllm}")
+    session.install(f"vllm=={PACKAGE_ENV.vllm}")
     session.install("--reinstall-package", "vllm-moe-routing-plugin", str(wheel))
     outside = Path(session.create_tmp())
     session.chdir(outside)
@@ -274,8 +279,7 @@ def package(session: nox.Session) -> None:
     )  # fmt: skip
     session.run("vllm-moe-routing", "status", "--capability", "10.0")
     # The sdist runs its own tests against the installed wheel, as a
-    # distribution's packager would (less those that start processes: the
-    # test command runs them).
+    # distribution's packager would.
     session.install(*TEST_DEPENDENCIES)
     unpacked = outside / expected[1].removesuffix(".tar.gz")
     shutil.rmtree(unpacked, ignore_errors=True)  # the tmp folder outlives runs
@@ -287,7 +291,7 @@ def package(session: nox.Session) -> None:
     session.chdir(unpacked)
     shutil.rmtree(unpacked / "src")  # the tests must import the installed wheel
     session.run(
-        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-m", "not processes",
+        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", *session.posargs,
         env={"PYTHONPATH": str(unpacked / "tests")},
     )  # fmt: skip
 
