@@ -85,9 +85,9 @@ ADVISED_FLASHINFER = "0.6.8.post1"
 
 PLAIN = Env(None)
 PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
-#: What ``package`` installs the wheel next to: vLLM 0.19.1 as pinned
-#: (FlashInfer 0.6.6, which has flashinfer#2822: the guard path).
-PACKAGE_ENV = Env("0.19.1")
+#: What ``package`` installs the wheel next to: this vLLM as pinned
+#: (0.19.1: FlashInfer 0.6.6, which has flashinfer#2822: the guard path).
+PACKAGE_VLLM = "0.19.1"
 
 #: The Pythons pyproject.toml's classifiers name, oldest first.
 PYTHONS = nox.project.python_versions(PYPROJECT)
@@ -121,7 +121,7 @@ TEST_RUNS: list[tuple[str | None, Env]] = [
 #: 0.26.0 (the DeepSeekV3 entries with 0.6.14). ``known_bugs`` runs
 #: tests/test_known_bugs.py and tests/test_layers.py (real MoE layers built
 #: through vLLM's constructor) there; the other environments run them in
-#: ``tests``.
+#: ``tests`` or ``package``.
 KNOWN_BUG_RUNS = [Env("0.20.2"), Env("0.22.1"), Env("0.26.0")]
 
 #: The release matrix: every supported vLLM line's last release, with the
@@ -252,8 +252,9 @@ def package(session: nox.Session) -> None:
     metadata (``twine check``), install the wheel (not the checkout, not
     editable) next to vLLM 0.19.1 as pinned, run ``vllm-moe-routing status``
     from outside the clone, and run the sdist's own tests against that wheel
-    (``-- ARGS`` go to pytest: ``-- tests/test_vllm_0_19.py -k mxfp4``). It is
-    the test command's vLLM 0.19.1 + FlashInfer 0.6.6 environment."""
+    (``-- ARGS`` go to pytest: ``-- tests/test_fused_kernels_guard.py -k
+    mxfp4``). It is the test command's vLLM 0.19.1 + FlashInfer 0.6.6
+    environment; each run builds and installs the wheel again first."""
     session.install("build", "twine")
     shutil.rmtree(DIST, ignore_errors=True)
     session.run("python", "-m", "build", "--outdir", str(DIST), str(ROOT))
@@ -267,7 +268,7 @@ def package(session: nox.Session) -> None:
         session.error(f"built {built}, expected {expected}")
     session.run("twine", "check", "--strict", *(str(DIST / name) for name in built))
     wheel = DIST / expected[0]
-    session.install(f"vllm=={PACKAGE_ENV.vllm}")
+    session.install(f"vllm=={PACKAGE_VLLM}")
     session.install("--reinstall-package", "vllm-moe-routing-plugin", str(wheel))
     outside = Path(session.create_tmp())
     session.chdir(outside)

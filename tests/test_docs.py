@@ -38,9 +38,14 @@ def test_links_work_outside_a_clone():
 
 
 def anchors(page: Path) -> set[str]:
-    """The anchors GitHub gives a Markdown page's headings: lower case, spaces
-    to hyphens, punctuation other than hyphens and underscores dropped."""
-    headings = re.findall(r"^#+ (.+)$", page.read_text(encoding="utf-8"), re.M)
+    """The anchors GitHub gives a Markdown page's ``#`` headings (outside
+    fenced code): lower case, spaces to hyphens, punctuation other than
+    hyphens and underscores dropped. Pages here have no duplicate headings,
+    whose anchors GitHub numbers, and no underlined ones."""
+    text = re.sub(
+        r"^```.*?^```", "", page.read_text(encoding="utf-8"), flags=re.M | re.S
+    )
+    headings = re.findall(r"^#+ (.+)$", text, re.M)
     return {
         re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
         for heading in headings

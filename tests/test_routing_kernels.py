@@ -11,6 +11,7 @@ without torch; building and running the real kernels needs nvcc and a GPU
 from __future__ import annotations
 
 import argparse
+import json
 import stat
 import struct
 import sys
@@ -218,25 +219,35 @@ def test_decode_reads_what_the_driver_writes():
 
 
 STAND_IN = """
-import sys
+import json, sys
 from pathlib import Path
 cases_file, out, first = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 for index, line in enumerate(Path(cases_file).read_text().splitlines()):
     if index < first or not line:
         continue
     fields = line.split()
-    known = ANSWERS / fields[0].replace("/", "_")
-    # what routing_driver.cu reads: the case's numbers and dtypes, and its files
-    if fields[:9] + fields[10:11] != (known / "line").read_text().split():
+    if len(fields) != 12:
         sys.exit("unexpected case line: " + line)
-    for given, expected in ((fields[9], "logits"), (fields[11], "bias")):
+    # what routing_driver.cu reads, in its order and types
+    (name, method, t, e, k, g, tg, scale, ldt, lf, bdt, bf) = fields
+    known = ANSWERS / name.replace("/", "_")
+    case = json.loads((known / "case.json").read_text())
+    read = {
+        "method": int(method), "tokens": int(t), "experts": int(e), "top_k": int(k),
+        "n_group": int(g), "topk_group": int(tg), "scale": float(scale),
+        "logits_dtype": ldt, "bias_dtype": bdt,
+    }
+    if read != case | {"method": METHODS[case["method"]]}:
+        sys.exit("unexpected case line: " + line)
+    for given, expected in ((lf, "logits"), (bf, "bias")):
         if (known / expected).exists() and (
             Path(given).read_bytes() != (known / expected).read_bytes()
         ):
             sys.exit(f"unexpected {expected} for {fields[0]}")
     if MODE == "crash" and index == 1:
         sys.exit(3)
-    (out / f"{index}.bin").write_bytes((known / MODE).read_bytes())
+    answer = "right" if MODE == "crash" else MODE
+    (out / f"{index}.bin").write_bytes((known / answer).read_bytes())
 """
 
 
@@ -280,11 +291,11 @@ def answer(case: cases.RoutingCase, mode: str) -> bytes:
     return data
 
 
-MODES = ("right", "crash", "garbage", "nan")
+FAULTS = ("right", "garbage", "nan")  # "crash" answers right until it dies
 
 
 @pytest.fixture(scope="module")
-def answers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def answers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Per case of ``SMALL``: the case line and input files ``check.run``
     must hand the driver, and the stand-in's answer in each mode, computed
     here once so that the stand-in process starts without torch."""
@@ -297,25 +308,30 @@ def answers(tmp_path_factory: pytest.TempPathFactory) -> Path:
         (known / "logits").write_bytes(as_bytes(logits.to(dtype)))
         if bias is not None:
             (known / "bias").write_bytes(as_bytes(bias))
-        method = NEW[case.method]
-        (known / "line").write_text(
-            f"{case.name} {method} {case.tokens} {case.experts} {case.top_k} "
-            f"{case.n_group} {case.topk_group} {case.scale!r} {case.logits_dtype} "
-            f"{'none' if bias is None else 'bf16'}"
-        )
-        for mode in MODES:  # "crash" kills the stand-in at its second case
-            faults = "right" if mode == "crash" else mode
-            (known / mode).write_bytes(answer(case, faults))
+        expected = {
+            "method": case.method,  # its number is the stand-in's methods'
+            "tokens": case.tokens,
+            "experts": case.experts,
+            "top_k": case.top_k,
+            "n_group": case.n_group,
+            "topk_group": case.topk_group,
+            "scale": case.scale,
+            "logits_dtype": case.logits_dtype,
+            "bias_dtype": "none" if bias is None else "bf16",
+        }
+        (known / "case.json").write_text(json.dumps(expected))
+        for mode in FAULTS:
+            (known / mode).write_bytes(answer(case, mode))
     return root
 
 
 @pytest.fixture
-def stand_in(tmp_path: Path, answers: Path):
+def stand_in(tmp_path: Path, answers_dir: Path):
     def kernels(mode: str, methods: dict[str, int]) -> check.Kernels:
         script = tmp_path / f"driver_{mode}"
         script.write_text(
-            f"#!{sys.executable}\nfrom pathlib import Path\n"
-            f"MODE = {mode!r}\nANSWERS = Path({str(answers)!r})\n" + STAND_IN
+            f"#!{sys.executable}\nfrom pathlib import Path\nMODE = {mode!r}\n"
+            f"METHODS = {methods!r}\nANSWERS = Path({str(answers_dir)!r})\n" + STAND_IN
         )
         script.chmod(script.stat().st_mode | stat.S_IEXEC)
         return check.Kernels(script, "test", methods)

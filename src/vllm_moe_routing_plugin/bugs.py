@@ -338,16 +338,16 @@ FLASHINFER_3946 = KnownBug(
     id="flashinfer#3946",
     title=(
         "DeepSeekV3 routing with expert groups (n_group > 1: DeepSeek-V3/R1/V3.x) "
-        "gives NaN for a token whose selected sigmoid scores all underflow to 0"
+        "gives NaN for a token whose selected sigmoid scores are all 0"
     ),
     wrong="divides grouped DeepSeekV3 routing weights by a zero sum",
     action="warn",
     why=(
         "input-dependent (every selected expert's logit below about -16, where "
-        "FlashInfer's fast-math sigmoid gives 0), and the grouped kernel selects "
-        "and weighs by the un-biased sigmoid, so a token must have its best "
-        "logits that low; a guard would move every DeepSeek-V3 layer off the "
-        "fused kernel for it"
+        "FlashInfer's fast-math sigmoid gives 0), and the grouped kernel weighs "
+        "by the sigmoid it computed, without flashinfer#3875's (s + b) - b step, "
+        "so only such tokens get 0/0; a guard would move every DeepSeek-V3 layer "
+        "off the fused kernel for them"
     ),
     layers=Layers(("DeepSeekV3",), groups="with"),
     kernels=_SIGMOID_KERNELS,
