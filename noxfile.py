@@ -274,8 +274,9 @@ def package(session: nox.Session) -> None:
     session.chdir(outside)
     session.run(
         "python", "-c",
-        "import vllm_moe_routing_plugin as p, sys; "
-        "assert not p.__file__.startswith(sys.argv[1]), p.__file__",
+        "import pathlib, sys, vllm_moe_routing_plugin as p; "
+        "here = pathlib.Path(p.__file__).resolve(); "
+        "assert not here.is_relative_to(pathlib.Path(sys.argv[1]).resolve()), here",
         str(ROOT),
     )  # fmt: skip
     session.run("vllm-moe-routing", "status", "--capability", "10.0")
