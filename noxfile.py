@@ -205,7 +205,9 @@ def _installed(session: nox.Session, distribution: str) -> bool:
 
 @nox.session(python=False)
 def fresh_machine(session: nox.Session) -> None:
-    """The bootstrap on a fresh machine: with an empty home directory and
+    """The bootstrap as on a new machine.
+
+    With an empty home directory and
     PATH=/usr/bin:/bin (the system python3, no uv), ``scripts/nox.sh`` must
     install its tools and run a session, writing nothing in the home
     directory but under ~/.cache."""
@@ -234,8 +236,10 @@ def fresh_machine(session: nox.Session) -> None:
 
 @nox.session
 def lint(session: nox.Session) -> None:
-    """ruff, and import-linter's contracts (pyproject.toml): the runtime never
-    imports the diagnostics, layers point one way, no import cycle."""
+    """ruff, and import-linter's contracts (pyproject.toml).
+
+    The runtime never imports the diagnostics, layers point one way, no import
+    cycle."""
     session.install(RUFF, IMPORT_LINTER)
     paths = ["src", "tests", "scripts", "benchmarks", "noxfile.py"]
     session.run("ruff", "check", *paths)
@@ -248,7 +252,9 @@ DIST = ROOT / "build" / "dist"
 
 @nox.session
 def package(session: nox.Session) -> None:
-    """What a user installs: build the sdist and the wheel, check their
+    """The wheel and sdist, and the suite against the wheel in vLLM 0.19.1.
+
+    What a user installs: build the sdist and the wheel, check their
     metadata (``twine check``), install the wheel (not the checkout, not
     editable) next to vLLM 0.19.1 as pinned, run ``vllm-moe-routing status``
     from outside the clone, and run the sdist's own tests against that wheel
@@ -321,8 +327,10 @@ def typecheck(session: nox.Session) -> None:
     ids=[f"py{python}-{env.name}" if python else env.name for python, env in TEST_RUNS],
 )
 def tests(session: nox.Session, env: Env) -> None:
-    """The suite in one environment (``-- ARGS`` go to pytest); under another
-    Python than nox's own, without the tests that start processes."""
+    """The suite in one environment (``-- ARGS`` go to pytest).
+
+    Under another Python than nox's own, without the tests that start
+    processes."""
     install(session, env)
     selection = [] if session.python is None else ["-m", "not processes"]
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
@@ -332,9 +340,10 @@ def tests(session: nox.Session, env: Env) -> None:
 @nox.session
 @nox.parametrize("env", KNOWN_BUG_RUNS, ids=[env.name for env in KNOWN_BUG_RUNS])
 def known_bugs(session: nox.Session, env: Env) -> None:
-    """The catalogue's tests on a release entries are in range of: real MoE
-    layers through vLLM's constructor and oracle, ``status`` and the log
-    (docs/known-bugs.md)."""
+    """The catalogue's tests on a release only these sessions install.
+
+    Real MoE layers through vLLM's constructor and oracle, ``status`` and the
+    log (docs/known-bugs.md)."""
     install(session, env)
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
                 *(session.posargs or ["tests/test_known_bugs.py",
@@ -346,7 +355,9 @@ COVERAGE = "coverage[toml]==7.*"
 
 @nox.session
 def coverage(session: nox.Session) -> None:
-    """Line and branch coverage of the plugin's runtime (its diagnostics
+    """Coverage of the plugin's runtime by the suite.
+
+    Line and branch coverage of the plugin's runtime (its diagnostics
     left out) by the suite in the patch path's environment, less the tests
     that start processes; prints the figure (``-- ARGS`` go to pytest)."""
     install(session, PATCH_PATH)
@@ -362,16 +373,18 @@ def coverage(session: nox.Session) -> None:
 
 @nox.session
 def status(session: nox.Session) -> None:
-    """``vllm-moe-routing status`` with vLLM 0.19.1 and the advised FlashInfer
-    (``-- ARGS`` go to status, e.g. ``-- --capability 10.0 --json``)."""
+    """``vllm-moe-routing status`` with vLLM 0.19.1 and the advised FlashInfer.
+
+    ``-- ARGS`` go to status, e.g. ``-- --capability 10.0 --json``."""
     install(session, PATCH_PATH)
     session.run("vllm-moe-routing", "status", *session.posargs)
 
 
 @nox.session
 def benchmark(session: nox.Session) -> None:
-    """What the plugin costs a vLLM process (benchmarks/plugin_overhead.py),
-    in vLLM 0.19.1 with FlashInfer 0.6.7 (the results file names both)."""
+    """What the plugin costs a vLLM process (benchmarks/plugin_overhead.py).
+
+    In vLLM 0.19.1 with FlashInfer 0.6.7 (the results file names both)."""
     install(session, Env("0.19.1", FIXED_FLASHINFER))
     session.run("python", "benchmarks/plugin_overhead.py", *session.posargs)
 
@@ -379,7 +392,9 @@ def benchmark(session: nox.Session) -> None:
 @nox.session(tags=["matrix"])
 @nox.parametrize("env", MATRIX, ids=[env.name for env in MATRIX])
 def matrix(session: nox.Session, env: Env) -> None:
-    """The contract tests and the kernel check's bindings against one release
+    """The contract tests against one release of the matrix.
+
+    The contract tests and the kernel check's bindings against one release
     of the matrix, then what the plugin does there (scripts/matrix_row.py);
     ``compatibility`` writes the table."""
     session.notify("compatibility")
@@ -425,9 +440,10 @@ def compatibility(session: nox.Session) -> None:
 @nox.session(tags=["advice"])
 @nox.parametrize("env", BINDINGS, ids=[env.name for env in BINDINGS])
 def bindings(session: nox.Session, env: Env) -> None:
-    """vLLM's calls into FlashInfer bound to one candidate FlashInfer
-    (``vllm-moe-routing bindings``), and the binding tests; ``advice`` writes
-    the table in docs/flashinfer-advice.md."""
+    """vLLM's calls into FlashInfer bound to one candidate FlashInfer.
+
+    ``vllm-moe-routing bindings`` and the binding tests; ``advice`` writes the
+    table in docs/flashinfer-advice.md."""
     session.notify("advice")
     install(session, env)
     BINDINGS_RESULTS.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,7 @@
 # Run the project's nox sessions (noxfile.py) on a machine that has nothing but
 # python3 with its venv module and access to PyPI.
 #
-#   bash scripts/nox.sh                                  the tests: lint, types, suite
+#   bash scripts/nox.sh                                  the tests: lint, types, package, suite
 #   bash scripts/nox.sh -s status -- --capability 10.0   the status command
 #   bash scripts/nox.sh --list                           every session
 #
