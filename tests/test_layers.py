@@ -18,6 +18,7 @@ platform as a CUDA SM100 device and FlashInfer's kernels as present
 """
 
 import logging
+import os
 
 import pytest
 
@@ -77,13 +78,22 @@ GUARDED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
 WIDENED = {("0.19.1", "0.6.8.post1"): {"Qwen3-30B-A3B", "Qwen3.5-35B-A3B"}}
 
 HERE = (VLLM, FLASHINFER)
-#: Every environment the test command and ``known_bugs`` run this module in
-#: has its expectations above; elsewhere (vLLM not installed, or a release
-#: pair no session installs) the tests that need them skip, and say so.
+#: Every environment the test command runs this module in has its expectations
+#: above (its sessions set this variable, and the test below checks it);
+#: elsewhere (a release pair no session installs) the tests that need them
+#: skip, and say so.
+REQUIRED = os.environ.get("MOE_ROUTING_TESTS_REQUIRE_EXPECTATIONS") == "1"
 needs_expectations = pytest.mark.skipif(
     HERE not in GUARDED, reason=f"no expectations for vLLM {VLLM} x {FLASHINFER}"
 )
 pytestmark = pytest.mark.skipif(VLLM is None, reason="needs vLLM")
+
+
+@pytest.mark.skipif(not REQUIRED, reason="outside the test command's sessions")
+def test_the_test_command_has_expectations_for_this_environment():
+    assert HERE in GUARDED, f"add GUARDED[{HERE!r}] (docs/development.md)"
+
+
 CASES = [(model, quant) for model in MODELS for quant in ("bf16", "fp8")]
 
 
