@@ -246,7 +246,7 @@ for index, line in enumerate(Path(cases_file).read_text().splitlines()):
             sys.exit(f"unexpected {expected} for {fields[0]}")
     if MODE == "crash" and index == 1:
         sys.exit(3)
-    answer = "right" if MODE == "crash" else MODE
+    answer = "right" if MODE == "crash" else MODE  # "crash" answers right, then dies
     (out / f"{index}.bin").write_bytes((known / answer).read_bytes())
 """
 
@@ -257,10 +257,10 @@ def as_bytes(tensor: torch.Tensor) -> bytes:
     return tensor.contiguous().numpy().tobytes()
 
 
-def answer(case: cases.RoutingCase, mode: str) -> bytes:
-    """What the stand-in driver writes for ``case``: the reference routing,
-    with the fault ``mode`` names (the catalogue's bugs as the kernels show
-    them), in the driver's output format."""
+def answers(case: cases.RoutingCase) -> dict[str, bytes]:
+    """What the stand-in driver writes for ``case``, per fault mode: the
+    reference routing, and the same with the faults the catalogue's bugs put
+    in the kernels' output, in the driver's output format."""
     logits, bias = case.inputs()
     if case.logits_dtype == "bf16":
         logits = logits.to(torch.bfloat16).float()
@@ -277,21 +277,18 @@ def answer(case: cases.RoutingCase, mode: str) -> bytes:
             topk_group=case.topk_group,
             scale=case.scale,
         )
-        if mode == "nan" and (torch.sigmoid(logits) == 0).all():
-            w = torch.full_like(w, float("nan"))  # flashinfer#3803 / #3946
-    garbage = case.method == "Renormalize" and case.experts > 128 and case.top_k < 10
-    if mode == "garbage" and garbage and (logits < 0).all():
-        ids[:, -1] = 0  # expert 0 with a garbage score, as flashinfer#2822 does
-    t, k = case.tokens, case.top_k
-    data = struct.pack("<5i", t, k, t * k, 1, 8)
-    for i in range(t):
-        for j in range(k):
-            expert = int(ids[i, j])
-            data += struct.pack("<ifif", expert, float(w[i, j]), expert, 0.0)
-    return data
-
-
-FAULTS = ("right", "garbage", "nan")  # "crash" answers right until it dies
+    nan, garbage = w, ids
+    if case.method != "Renormalize" and (torch.sigmoid(logits) == 0).all():
+        nan = torch.full_like(w, float("nan"))  # flashinfer#3803 / #3946
+    in_2822 = case.method == "Renormalize" and case.experts > 128 and case.top_k < 10
+    if in_2822 and (logits < 0).all():
+        garbage = ids.clone()
+        garbage[:, -1] = 0  # expert 0 with a garbage score, as flashinfer#2822 does
+    return {
+        "right": driver_file(ids, w),
+        "garbage": driver_file(garbage, w),
+        "nan": driver_file(ids, nan),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -320,8 +317,8 @@ def answers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "bias_dtype": "none" if bias is None else "bf16",
         }
         (known / "case.json").write_text(json.dumps(expected))
-        for mode in FAULTS:
-            (known / mode).write_bytes(answer(case, mode))
+        for mode, output in answers(case).items():
+            (known / mode).write_bytes(output)
     return root
 
 
