@@ -71,7 +71,9 @@ FIXED_FLASHINFER = "0.6.7"
 
 class Env(NamedTuple):
     """One test environment: a vLLM release (None: no vLLM at all) with the
-    FlashInfer it pins, or with ``flashinfer`` installed over the pins."""
+    FlashInfer it pins, or with ``flashinfer`` installed over the pins (where
+    the registry does not serve the pin, resolved in its place:
+    ``PIN_NOT_SERVED``)."""
 
     vllm: str | None
     flashinfer: str | None = None
@@ -88,6 +90,18 @@ class Env(NamedTuple):
 #: The FlashInfer advised to vLLM 0.18/0.19 users (docs/flashinfer-advice.md).
 ADVISED_FLASHINFER = "0.6.8.post1"
 
+#: vLLM releases whose FlashInfer pin the registry does not serve, with the
+#: FlashInfer their environments get instead: vLLM 0.34.0 pins
+#: ``flashinfer-python==0.7.3``, and PyPI has 0.7.2.post1 and 0.7.4 but no
+#: 0.7.3, so ``vllm==0.34.0`` does not resolve as published. Such an
+#: environment resolves vLLM with the pin overridden (uv's ``--override``), so
+#: FlashInfer's own dependencies are resolved too, as a user's
+#: ``uv pip install vllm==0.34.0 --override`` would; installing over the pin
+#: with ``--no-deps`` afterwards, as for the other ``-fi`` environments, is not
+#: possible when the first install cannot resolve.
+PIN_NOT_SERVED = {"0.34.0": "0.7.4"}
+NEWEST = Env("0.34.0", PIN_NOT_SERVED["0.34.0"])
+
 PLAIN = Env(None)
 PATCH_PATH = Env("0.19.1", ADVISED_FLASHINFER)
 #: What ``package`` installs the wheel next to: this vLLM as pinned
@@ -101,8 +115,9 @@ PYTHONS = nox.project.python_versions(PYPROJECT)
 #: (None: the Python nox runs under). plain: no vLLM (decision, facts,
 #: settings, status without vLLM); 0.19.1 + the advised FlashInfer: the patch path
 #: and vLLM's FP8 backend selection; 0.17.1 as pinned: the guard on the 0.17 FP8
-#: class; 0.33.0: the native path. vLLM 0.19.1 as pinned (the guard with the
-#: real FlashInfer 0.6.6, NVFP4 and MXFP4 backend selection) is ``package``'s
+#: class; the newest release (0.34.0 with FlashInfer 0.7.4): the native path.
+#: vLLM 0.19.1 as pinned (the guard with the real FlashInfer 0.6.6, NVFP4 and
+#: MXFP4 backend selection) is ``package``'s
 #: environment: the sdist's tests run there against the installed wheel. The
 #: oldest and newest Python of ``PYTHONS`` run the first two, less the tests
 #: marked ``processes`` (each starts Python processes that import vLLM afresh,
@@ -112,7 +127,7 @@ TEST_RUNS: list[tuple[str | None, Env]] = [
     (None, PLAIN),
     (None, PATCH_PATH),
     (None, Env("0.17.1")),
-    (None, Env("0.33.0")),
+    (None, NEWEST),
     *(
         (python, env)
         for python in (PYTHONS[0], PYTHONS[-1])
@@ -123,21 +138,22 @@ TEST_RUNS: list[tuple[str | None, Env]] = [
 #: Releases that catalogue entries reach and the test command's other
 #: environments lack, as pinned: vLLM 0.20.2 (vllm#43769 and its backport in
 #: the BF16 class), 0.22.1 (flashinfer#3499 with FlashInfer 0.6.11.post2),
-#: 0.26.0 (the DeepSeekV3 entries with 0.6.14). ``known_bugs`` runs
+#: 0.26.0 (the DeepSeekV3 entries with 0.6.14), 0.33.0 (vllm#32437 with the
+#: FlashInfer it pins, 0.7.2.post1). ``known_bugs`` runs
 #: tests/test_known_bugs.py and tests/test_layers.py (real MoE layers built
 #: through vLLM's constructor) there; the other environments run them in
 #: ``tests`` or ``package``.
-KNOWN_BUG_RUNS = [Env("0.20.2"), Env("0.22.1"), Env("0.26.0")]
+KNOWN_BUG_RUNS = [Env("0.20.2"), Env("0.22.1"), Env("0.26.0"), Env("0.33.0")]
 
 #: The release matrix: every supported vLLM line's last release, with the
 #: FlashInfer it pins and, where that pin predates the fix, with the fix over it.
 RELEASES = ["0.16.0", "0.17.1", "0.18.1", "0.19.1", "0.20.2", "0.22.1", "0.25.1",
-            "0.26.0", "0.30.0", "0.33.0"]  # fmt: skip
+            "0.26.0", "0.30.0", "0.33.0", "0.34.0"]  # fmt: skip
 PINNED_BEFORE_FIX = {"0.16.0", "0.17.1", "0.18.1", "0.19.1"}
 MATRIX = [
     env
     for release in RELEASES
-    for env in [Env(release)]
+    for env in [Env(release, PIN_NOT_SERVED.get(release))]
     + ([Env(release, FIXED_FLASHINFER)] if release in PINNED_BEFORE_FIX else [])
 ]
 
@@ -167,9 +183,15 @@ def install(session: nox.Session, env: Env) -> None:
     if not marker.exists() or marker.read_text() != spec:
         if env.vllm is None:
             session.install("packaging", "nvidia-ml-py", *TEST_DEPENDENCIES)
+        elif env.vllm in PIN_NOT_SERVED:
+            override = Path(session.create_tmp()) / "flashinfer-override.txt"
+            override.write_text(f"flashinfer-python=={env.flashinfer}\n")
+            session.install(
+                f"vllm=={env.vllm}", "--override", str(override), *TEST_DEPENDENCIES
+            )
         else:
             session.install(f"vllm=={env.vllm}", *TEST_DEPENDENCIES)
-        if env.flashinfer is not None:
+        if env.flashinfer is not None and env.vllm not in PIN_NOT_SERVED:
             # Over vLLM's pins; flashinfer-cubin too where the release installs
             # it (FlashInfer 0.6.x refuses to import when the two differ).
             over_pins = [f"flashinfer-python=={env.flashinfer}"]
@@ -194,6 +216,41 @@ def install(session: nox.Session, env: Env) -> None:
         "vllm-moe-routing-plugin",
         str(ROOT),
     )
+
+
+def install_changes_nothing_else(session: nox.Session) -> None:
+    """Installing the plugin as the README says (``pip install .``, its
+    dependencies resolved) into this environment installs the plugin and
+    nothing else: no other package is installed, upgraded or downgraded.
+    Checked with pip's dry run and its JSON report (pip >= 22.2), pip of the
+    tools' environment pointed at this one (``--python``), and with uv's."""
+    python = str(Path(session.virtualenv.location) / "bin" / "python")
+    report = Path(session.create_tmp()) / "install-report.json"
+    session.run(
+        sys.executable, "-m", "pip", "--python", python, "install", "--dry-run",
+        "--quiet", "--disable-pip-version-check", "--report", str(report), str(ROOT),
+        external=True,
+    )  # fmt: skip
+    installs = sorted(
+        (item["metadata"]["name"], item["metadata"]["version"])
+        for item in json.loads(report.read_text())["install"]
+    )
+    if [name for name, _ in installs] != ["vllm-moe-routing-plugin"]:
+        session.error(f"pip install . would install {installs}")
+    uv = session.run(
+        "uv", "pip", "install", "--dry-run", "--python", python,
+        "--reinstall-package", "vllm-moe-routing-plugin", str(ROOT),
+        silent=True, external=True,
+    )  # fmt: skip
+    changes = [
+        line.strip()
+        for line in str(uv).splitlines()
+        if line.strip().startswith(("+ ", "- "))
+        and "vllm-moe-routing-plugin" not in line
+    ]
+    if changes:
+        session.error(f"uv pip install would change {changes}")
+    session.log(f"installing the plugin changes nothing else: {installs}")
 
 
 def _installed_version(session: nox.Session, distribution: str) -> str | None:
@@ -337,6 +394,8 @@ def tests(session: nox.Session, env: Env) -> None:
     Under another Python than nox's own, without the tests that start
     processes."""
     install(session, env)
+    if env.flashinfer is not None and session.python is None:
+        install_changes_nothing_else(session)
     selection = [] if session.python is None else ["-m", "not processes"]
     session.run("python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
                 *selection, *(session.posargs or ["tests"]),
