@@ -13,10 +13,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from packaging.version import Version
 
 from support import STAND_IN_TARGET, stand_in_module, supported
 from vllm_moe_routing_plugin import (
     bugs,
+    checks,
     envs,
     layers,
     log_line,
@@ -30,7 +32,7 @@ from vllm_moe_routing_plugin.layers import LayerFacts
 B200 = gpus_from_capabilities([(10, 0)], "test")
 README = Path(__file__).resolve().parents[1] / "README.md"
 KNOWN_BUGS_DOC = README.with_name("docs") / "known-bugs.md"
-#: RoutingMethodType member names of vLLM 0.16 - 0.33.
+#: RoutingMethodType member names of vLLM 0.16 - 0.34.
 VLLM_METHODS = {
     "Default", "Renormalize", "DeepSeekV3", "Llama4", "RenormalizeNaive", "TopK",
     "SigmoidRenorm", "MiniMax2", "Sigmoid", "Unspecified", "DeepseekV4", "Custom",
@@ -80,7 +82,8 @@ def test_entries_name_the_plugins_targets_and_methods():
 )  # fmt: skip
 def test_which_flashinfer_releases_each_entry_affects(flashinfer, in_range):
     """The ranges established from the wheels' sources (docs/known-bugs.md).
-    The bugs in vLLM's own code are in range everywhere: probing decides."""
+    The bugs in vLLM's own code go by vLLM's release (none installed here:
+    unknown, so in range, and the probe decides)."""
     findings = decide(flashinfer).findings
     assert [f.bug.id for f in findings] == [bug.id for bug in bugs.KNOWN_BUGS]
     assert {f.bug.id for f in findings if f.in_range} == in_range | {
@@ -94,7 +97,15 @@ def test_the_range_is_stated_once():
     assert bugs.FLASHINFER_3875.affected == (
         ">= 0.6.8, < 0.6.18 (since flashinfer#2803)"
     )
-    assert bugs.VLLM_43769.affected == "vLLM 0.16.0 - 0.21.0 (0.22.0 passes it)"
+    assert bugs.VLLM_43769.affected == "vLLM < 0.22.0"
+    assert bugs.VLLM_32437.affected == (
+        "vLLM >= 0.23.0 (not fixed upstream; 0.19 - 0.22 call the kernel with no "
+        "routing check)"
+    )
+    assert (bugs.VLLM_43769.fixed_in_text, bugs.VLLM_32437.fixed_in_text) == (
+        "vLLM 0.22.0",
+        "not yet",
+    )
     assert bugs.FLASHINFER_3875.in_range((0, 6, 17))
     assert not bugs.FLASHINFER_3875.in_range((0, 6, 18))
     assert not bugs.FLASHINFER_3875.in_range((0, 6, 7))
@@ -467,19 +478,82 @@ def passing_apply(self, router_logits, routed_scaling_factor=None):
     )
 
 
-@pytest.mark.parametrize("passes", [True, False])
-def test_a_vllm_defect_is_found_by_probing_vllms_code(passes):
-    apply = passing_apply if passes else SigmoidExperts.apply
-    cls = type("Experts", (SigmoidExperts,), {"apply": apply})
-    scale = entry(bugs.VLLM_43769).replace(
-        defect=bugs.VllmDefect(
-            "routed_scaling_factor", {STAND_IN_TARGET: "Experts.apply"}, "test"
-        )
+def splatting_apply(self, router_logits, routed_scaling_factor=None):
+    return kernel(routing_logits=router_logits, **self.activation_params)
+
+
+def none_passing_apply(self, router_logits, routed_scaling_factor=None):
+    return kernel(routing_logits=router_logits, routed_scaling_factor=None)
+
+
+def no_kernel_apply(self, router_logits, routed_scaling_factor=None):
+    return router_logits
+
+
+APPLIES = {
+    "passes": passing_apply,
+    "drops": SigmoidExperts.apply,  # calls kernel(routing_logits=...) only
+    "passes None": none_passing_apply,
+    "splats **kwargs": splatting_apply,
+    "calls no kernel": no_kernel_apply,
+    # No source to read: a function compiled from a string.
+    "no source": eval("lambda self, router_logits: kernel(routing_logits=1)"),
+}
+
+
+@pytest.mark.parametrize(
+    ("code", "probe"),
+    [
+        ("passes", "passes"),
+        ("drops", "drops"),
+        ("passes None", "drops"),
+        ("splats **kwargs", "unknown"),
+        ("calls no kernel", "unknown"),
+        ("no source", "unknown"),
+    ],
+)
+def test_the_probe_reads_what_vllms_call_does_with_the_value(code, probe):
+    cls = type("Experts", (SigmoidExperts,), {"apply": APPLIES[code]})
+    call = bugs.KernelCall("Experts.apply", "kernel")
+    module = stand_in_module(cls, Routing)
+    assert checks.probe_call(module, call, "routed_scaling_factor") == probe
+    missing = bugs.KernelCall("Experts.forward", "kernel")
+    assert checks.probe_call(module, missing, "routed_scaling_factor") == "unknown"
+
+
+def scale_defect(unreadable="affected", **range_):
+    """vllm#43769 at the stand-in target, with the rule and range given."""
+    defect = bugs.VllmDefect(
+        "routed_scaling_factor",
+        {STAND_IN_TARGET: bugs.KernelCall("Experts.apply", "kernel")},
+        fixed_in=range_.get("fixed_in", (0, 22, 0)),
+        introduced_in=range_.get("introduced_in"),
+        unreadable=unreadable,
     )
+    return entry(bugs.VLLM_43769).replace(defect=defect)
+
+
+@pytest.mark.parametrize(
+    ("code", "unreadable", "planned"),
+    [
+        ("passes", "affected", False),  # a backported build is left alone
+        ("drops", "affected", True),
+        ("drops", "unaffected", True),
+        ("splats **kwargs", "affected", True),  # the range decides
+        ("splats **kwargs", "unaffected", False),
+        ("no source", "affected", True),
+    ],
+)
+def test_a_vllm_defect_in_range_is_planned_as_the_probe_and_its_rule_say(
+    code, unreadable, planned
+):
+    cls = type("Experts", (SigmoidExperts,), {"apply": APPLIES[code]})
     outcome = patching.apply(
-        STAND_IN_TARGET, stand_in_module(cls, Routing), deciding(scale, "fix")
+        STAND_IN_TARGET,
+        stand_in_module(cls, Routing),
+        deciding(scale_defect(unreadable), "fix"),
     )
-    if passes:
+    if not planned:
         assert (outcome.state, outcome.planned) == ("native", ())
         return
     # No backport for this caller: the entry guards instead.
@@ -494,6 +568,22 @@ def test_a_vllm_defect_is_found_by_probing_vllms_code(passes):
     )
     assert ask(cls, "DeepSeekV3", being_built(n_group=8, bias=True))[0] == (True, None)
     outcome.patch.undo()
+
+
+@pytest.mark.parametrize(
+    ("vllm", "in_range"),
+    [("0.16.0", True), ("0.21.0", True), ("0.22.0rc1", False), ("0.22.0", False),
+     ("0.22.0.dev3", False), ("0.34.0", False), (None, True)],
+)  # fmt: skip
+def test_a_vllm_defects_known_range_decides_before_any_probe(vllm, in_range):
+    """The range is data: a release outside it is never probed, whatever its
+    code (a probe confirms the range, never widens it); an unknown vLLM
+    version leaves the probe to decide."""
+    facts = Facts({"flashinfer-python": "0.7.4", "vllm": vllm}, B200)
+    found = {f.bug.id: f for f in policy.decide(facts, envs.read({})).findings}
+    assert found["vllm#43769"].in_range is in_range
+    mxint4 = found["vllm#32437"].in_range  # >= 0.23.0, not fixed upstream
+    assert mxint4 is (vllm is None or Version(vllm).release >= (0, 23, 0))
 
 
 def test_widening_and_checking_one_class_undo_together():

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from support import LINE_HEAD
-from vllm_moe_routing_plugin import activation, checks
+from support import LINE_HEAD, VLLM, versions
+from vllm_moe_routing_plugin import activation, checks, targets
 from vllm_moe_routing_plugin import bugs as bugs_module
 from vllm_moe_routing_plugin.diagnostics import cli, status
 from vllm_support import (
@@ -107,10 +107,90 @@ def test_the_bf16_backport_is_applied_where_vllms_code_is_recognised(bf16_sm100)
     ]
     assert vars(cls)["apply"] is not original
     # vLLM's code as the plugin left it passes the scale now.
-    keyword = "routed_scaling_factor"
-    assert not checks.lacks_keyword(module(BF16), "TrtLlmBf16Experts.apply", keyword)
+    call = bugs_module.VLLM_43769.defect.callers[targets.BF16_0_20]
+    assert checks.probe_call(module(BF16), call, "routed_scaling_factor") == "passes"
     activation.deactivate()
+    assert checks.probe_call(module(BF16), call, "routed_scaling_factor") == "drops"
     assert vars(cls)["apply"] is original
+
+
+# The probes of vLLM's code, on the real code of each release
+
+_BF16_FN = "flashinfer_trtllm_moe._supports_routing_method_bf16"
+_BF16_MONOLITHIC = "TrtLlmBf16ExpertsMonolithic"
+_MXINT4 = "TrtLlmMxint4ExpertsMonolithic"
+_FROM_0_26 = {
+    ("vllm#43769", _BF16_MONOLITHIC): "passes",
+    ("vllm#32437", _MXINT4): "drops",
+}
+#: Per release the test command installs, what the code behind each target a
+#: vLLM defect names does with the layer's routed_scaling_factor, written from
+#: the wheels' sources (scripts/layer_evidence.py): 0.16 - 0.19's module
+#: function and 0.20 - 0.21's BF16 class drop it, 0.22 passes it (vllm#43769);
+#: the MXINT4 class drops it from 0.23 on (vllm#32437); 0.34's BF16 call
+#: splats ``**self.gemm1_activation_params`` beside the keyword it passes.
+PROBES: dict[str, dict[tuple[str, str], str]] = {
+    "0.17.1": {("vllm#43769", _BF16_FN): "drops"},
+    "0.19.1": {("vllm#43769", _BF16_FN): "drops"},
+    "0.20.2": {("vllm#43769", "TrtLlmBf16Experts"): "drops"},
+    "0.22.1": {("vllm#43769", "TrtLlmBf16Experts"): "passes"},
+    "0.26.0": _FROM_0_26,
+    "0.33.0": _FROM_0_26,
+    "0.34.0": _FROM_0_26,
+}
+
+
+@pytest.mark.skipif(VLLM not in PROBES, reason=f"no probe answers for vLLM {VLLM}")
+def test_each_vllm_defect_probe_reads_this_releases_code():
+    """Both answers occur across the releases: a probe that always said
+    "drops" (or "passes") fails on some release here."""
+    modules = import_target_modules()
+    answers = {}
+    for bug in bugs_module.KNOWN_BUGS:
+        if bug.defect is None:
+            continue
+        for target, call in bug.defect.callers.items():
+            found = modules.get(target.module)
+            if found is None or checks.locate(target, found) is None:
+                continue  # this release has no such target
+            answers[(bug.id, target.name)] = checks.probe_call(
+                found, call, bug.defect.keyword
+            )
+    assert answers == PROBES[VLLM]
+
+
+def planned_defects(**versions_):
+    current = activation.activate(SM100, version_of=versions(**versions_))
+    return {
+        (p.bug.id, o.target.name)
+        for o in current.outcomes.values()
+        for p in o.planned
+        if p.bug.defect is not None
+    }
+
+
+@pytest.mark.vllm("==0.20.2")
+def test_a_release_past_the_defects_range_is_not_probed():
+    """vLLM 0.20.2's BF16 code drops the scale, but as 0.22.0 (injected) it is
+    outside vllm#43769's range, and the probe does not widen it."""
+    import_target_modules()
+    simulated("vllm 0.22.0 (injected version)")
+    assert planned_defects(vllm="0.22.0") == set()
+    activation.deactivate()
+    assert planned_defects() == {("vllm#43769", "TrtLlmBf16Experts")}
+
+
+@pytest.mark.vllm(">=0.26")
+def test_a_release_in_range_whose_code_passes_the_value_is_left_alone():
+    """As 0.21.0 (injected), vLLM's BF16 class is in vllm#43769's range, but
+    its code passes the scale (as a backport to a 0.21 build would): the probe
+    confirms the range only where the code drops it. vllm#32437 (0.23 on) is
+    out of range there, and planned on this release itself."""
+    import_target_modules()
+    simulated("vllm 0.21.0 (injected version)")
+    assert planned_defects(vllm="0.21.0") == set()
+    activation.deactivate()
+    assert planned_defects() == {("vllm#32437", _MXINT4)}
 
 
 # status: which entries reach (the done-when of the catalogue)
@@ -142,14 +222,18 @@ def test_status_on_0_26_lists_the_entries_in_range_and_their_layers():
         "correction bias"
     )
     assert "TrtLlmFp8ExpertsMonolithic" in cancel["applies_to"]
-    # vLLM 0.26 passes the scale in BF16: the probe finds no defect there.
-    assert bugs["vllm#43769"]["applies_to"] == []
+    # vLLM 0.26 is past vllm#43769's range (fixed in 0.22.0).
+    assert (bugs["vllm#43769"]["in_range"], bugs["vllm#43769"]["applies_to"]) == (
+        False,
+        [],
+    )
 
 
-@pytest.mark.vllm("==0.33.0")
-def test_status_on_0_33_has_only_vllms_mxint4_defect_in_range():
-    """FlashInfer 0.7.2.post1 has none of the catalogue's bugs; vLLM 0.33's
-    MXINT4 class still calls the kernel without the layer's scale."""
+@pytest.mark.vllm(">=0.33")
+def test_status_on_0_33_and_later_has_only_vllms_mxint4_defect_in_range():
+    """FlashInfer 0.7.2.post1 and 0.7.4 have none of the catalogue's bugs;
+    vLLM 0.33's and 0.34's MXINT4 class still calls the kernel without the
+    layer's scale, and vllm#43769 (fixed in 0.22.0) is out of range."""
     bugs = status_json("--capability", "10.0")
     applying = {k: v["applies_to"] for k, v in bugs.items() if v["applies_to"]}
     assert applying == {"vllm#32437": ["TrtLlmMxint4ExpertsMonolithic"]}
@@ -170,25 +254,32 @@ def test_status_on_0_19_as_pinned_has_2822_in_range_and_not_with_0_6_7():
     assert fixed["flashinfer#2822"]["applies_to"] == []
 
 
-@pytest.mark.vllm("==0.19.1")
-def test_without_an_sm100_gpu_status_says_what_is_in_range_and_acts_on_none():
-    """A build host plans before it has the GPU: the FlashInfer entries in
-    range are those an SM100 GPU would have, applied nowhere."""
-    here = status_json("--capability", "9.0")
+@pytest.mark.parametrize("gpu", ["9.0", None])
+@pytest.mark.vllm(">=0.19")
+def test_without_an_sm100_gpu_status_lists_what_an_sm100_run_would_meet(gpu):
+    """A build host plans before it has the GPU: where the plugin acts on
+    none (another GPU, or none at all), ``status`` lists the entries an SM100
+    GPU would meet with these packages, vLLM's own defects and the targets
+    where each is judged included, as ``--capability 10.0`` does."""
+    args = ["--capability", gpu] if gpu else []
+    here = status_json(*args)
     there = status_json("--capability", "10.0")
 
-    def flashinfer_in_range(bugs):
-        return {k for k, v in bugs.items() if v["in_range"] and v["fixed_in"]}
+    def meets(bugs):
+        return {
+            k: (v["in_range"], v["applies_to"], v["action"]) for k, v in bugs.items()
+        }
 
-    assert flashinfer_in_range(here) == flashinfer_in_range(there) != set()
-    assert all(v["applies_to"] == [] for v in here.values())
-    report = status.collect(
-        cli.parser().parse_args(["status", "--capability", "9.0"]), {}
-    )
+    assert meets(here) == meets(there)
+    assert any(v["in_range"] and v["applies_to"] for v in here.values())
+    report = status.collect(cli.parser().parse_args(["status", *args]), {})
+    assert report.action == "not-applicable"
+    assert report.known_bugs_gpu == "10.0"
     assert (
-        "known bugs (the plugin acts on none here: not-applicable; in range of this "
-        "FlashInfer on an SM100/SM103 GPU:)"
+        "known bugs (the plugin acts on none here: not-applicable; with these "
+        "packages an SM100/SM103 GPU would meet, as --capability 10.0 shows:)"
     ) in status.render(report).splitlines()
+    assert all(row.state != "patched" for row in report.targets)  # vLLM unchanged
 
 
 # The log: what a vLLM process says about the known bugs before any layer
@@ -252,7 +343,7 @@ def test_status_text_says_what_an_entry_does_where_its_action_cannot_apply():
     ), text
     assert entries["vllm#43769"] == (
         "  vllm#43769       guard (its fix has no backport for this vLLM's code); in "
-        "range (vLLM 0.16.0 - 0.21.0 (0.22.0 passes it)); at "
+        "range (vLLM < 0.22.0); at "
         f"{bf16}"
     ), text
     row = next(b for b in report.known_bugs if b.id == "vllm#43769")

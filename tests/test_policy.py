@@ -218,3 +218,42 @@ def test_a_known_bugs_item_that_cannot_be_honoured_is_a_warning(records):
     ]
     assert current.line().startswith(f"{LINE_HEAD}: enable (")
     assert "note" not in current.line()
+
+
+@pytest.mark.parametrize(
+    ("vllm", "flashinfer", "said"),
+    [
+        ("0.34.0", "0.7.4", []),
+        ("0.19.1", "0.6.8.post1", []),
+        ("0.34.1", "0.7.4", ["vLLM 0.34.1 is newer than the newest proven, 0.34.0"]),
+        ("0.35.0.dev12", "0.7.4", ["vLLM 0.35.0.dev12 is newer"]),
+        (
+            "0.34.0",
+            "0.8.0",
+            ["FlashInfer 0.8.0 is newer than the newest proven, 0.7.4"],
+        ),
+        ("0.35.0", "0.7.5", ["vLLM 0.35.0 is newer", "FlashInfer 0.7.5 is newer"]),
+    ],
+)
+def test_a_release_newer_than_proven_is_named_in_the_reason(vllm, flashinfer, said):
+    """The decision still follows the table (targets by shape, bugs from their
+    ranges); its reason says what it has not been proven on, once each, and
+    nothing on a proven release."""
+    proven = decide(facts(flashinfer, vllm="0.34.0"))
+    d = decide(facts(flashinfer, vllm=vllm))
+    assert d.action == proven.action == "enable"
+
+    def flashinfer_in_range(decision):
+        return [f.in_range for f in decision.findings if f.bug.defect is None]
+
+    assert flashinfer_in_range(d) == flashinfer_in_range(proven)
+    notes = d.reason.split("; ")[2:]
+    assert len(notes) == len(said)
+    for note, start in zip(notes, said, strict=True):
+        assert note.startswith(start), note
+    if said:
+        assert any(n.endswith("targets found by shape, vLLM defects from their known "
+                              "ranges") or n.endswith("known bugs from their ranges")
+                   for n in notes)  # fmt: skip
+    else:
+        assert d.reason == (f"flashinfer-python {flashinfer} >= 0.6.7; GPU 0-7 sm_100")

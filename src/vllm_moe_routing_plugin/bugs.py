@@ -34,6 +34,12 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
     #: routing, pass vLLM's dropped value on (a backport), or only say so.
     DefaultAction = Literal["guard", "fix", "warn"]
 
+#: The newest FlashInfer the catalogue's ranges were proven on: read from its
+#: wheel's kernel sources (scripts/known_bug_evidence.py) and its routing
+#: kernels run (docs/known-bugs.md). A newer one is decided from the ranges
+#: all the same, and the decision says it is unproven.
+NEWEST_PROVEN_FLASHINFER: tuple[int, ...] = (0, 7, 4)
+
 #: The routing methods this plugin lets the fused kernels do (softmax + top-k
 #: + renormalise: Qwen3, Qwen3.5, Mixtral-style models).
 RENORMALIZE_METHODS: tuple[str, ...] = ("Renormalize", "RenormalizeNaive")
@@ -137,31 +143,88 @@ class Layers:
         return text
 
 
-class VllmDefect:
-    """A bug in vLLM's own code, found by probing it: the function vLLM calls
-    a kernel through does not pass ``keyword``. ``callers`` maps a target to
-    that function, as an attribute path in the target's module
-    (``"TrtLlmBf16Experts.apply"``). Probed in the loaded module, never by
-    comparing vLLM version strings: dev builds and backports exist.
-    ``backported`` are the targets whose caller the plugin can fix
-    (``patches.BACKPORTS``)."""
+class KernelCall:
+    """Where vLLM hands a layer's value to a kernel: the function at ``path``
+    in the target's module (``"TrtLlmBf16ExpertsMonolithic.apply"``) and the
+    function it calls there (``callee``: FlashInfer's kernel, or vLLM's helper
+    around it)."""
 
-    __slots__ = ("backported", "callers", "keyword", "releases")
+    __slots__ = ("callee", "path")
+
+    def __init__(self, path: str, callee: str) -> None:
+        self.path = path
+        self.callee = callee
+
+    def __repr__(self) -> str:
+        return f"KernelCall({self.path} -> {self.callee})"
+
+
+class VllmDefect:
+    """A bug in vLLM's own code: where vLLM calls a kernel (``callers``, per
+    target), it does not pass the layer's ``keyword``.
+
+    Its known range is data, as a FlashInfer bug's is: ``introduced_in`` (None:
+    every supported release) up to ``fixed_in``, the first vLLM release that
+    passes it (None: not fixed upstream). Inside that range the code of vLLM's
+    caller is probed (``checks.probe_call``: it drops the value, passes it, or
+    cannot be read), so a build with the fix backported is left alone; outside
+    it nothing is probed: a probe confirms the range, it never widens it.
+    ``unreadable`` is the entry's rule for a probe that cannot read the code
+    (a call built with ``**kwargs``, a renamed function, no source) inside the
+    range: ``"affected"`` (the range decides) or ``"unaffected"``.
+    ``backported`` are the targets whose caller the plugin can fix
+    (``patches.BACKPORTS``); ``note`` adds to the range in words."""
+
+    __slots__ = (
+        "backported", "callers", "fixed_in", "introduced_in", "keyword", "note",
+        "unreadable",
+    )  # fmt: skip
 
     def __init__(
         self,
         keyword: str,
-        callers: dict[t.Target, str],
-        releases: str,  # the vLLM releases measured to have it, in words
+        callers: dict[t.Target, KernelCall],
+        *,
+        introduced_in: tuple[int, ...] | None = None,
+        fixed_in: tuple[int, ...] | None,
+        unreadable: Literal["affected", "unaffected"],
         backported: tuple[t.Target, ...] = (),
+        note: str = "",
     ) -> None:
         self.keyword = keyword
         self.callers = callers
-        self.releases = releases
+        self.introduced_in = introduced_in
+        self.fixed_in = fixed_in
+        self.unreadable = unreadable
         self.backported = backported
+        self.note = note
+
+    def in_range(self, release: tuple[int, ...] | None) -> bool:
+        """Whether vLLM of this release (``Version.release``; None: unknown,
+        and then the probe alone decides) is in the known range."""
+        if release is None:
+            return True
+        if self.introduced_in is not None and release < self.introduced_in:
+            return False
+        return self.fixed_in is None or release < self.fixed_in
+
+    @property
+    def affected(self) -> str:
+        """``vLLM < 0.22.0``, ``vLLM >= 0.23.0 (not fixed upstream; ...)``."""
+        parts = []
+        if self.introduced_in is not None:
+            parts.append(f">= {release_text(self.introduced_in)}")
+        if self.fixed_in is not None:
+            parts.append(f"< {release_text(self.fixed_in)}")
+        text = "vLLM " + ", ".join(parts)
+        notes = [] if self.fixed_in is not None else ["not fixed upstream"]
+        if self.note:
+            notes.append(self.note)
+        return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _release_text(release: tuple[int, ...]) -> str:
+def release_text(release: tuple[int, ...]) -> str:
+    """``(0, 6, 7)`` -> ``0.6.7``."""
     return ".".join(str(part) for part in release)
 
 
@@ -226,23 +289,26 @@ class KnownBug:
     @property
     def affected(self) -> str:
         """The install range in words, from the one place it is stated:
-        ``>= 0.6.8, < 0.6.18 (since flashinfer#2803)``, ``< 0.6.7``."""
+        ``>= 0.6.8, < 0.6.18 (since flashinfer#2803)``, ``< 0.6.7``,
+        ``vLLM < 0.22.0``."""
         if self.defect is not None:
-            return f"vLLM {self.defect.releases}"
+            return self.defect.affected
         assert self.fixed_in is not None
-        text = f"< {_release_text(self.fixed_in)}"
+        text = f"< {release_text(self.fixed_in)}"
         if self.introduced_in is not None:
-            text = f">= {_release_text(self.introduced_in)}, {text}"
+            text = f">= {release_text(self.introduced_in)}, {text}"
         if self.introduced_by:
             text += f" (since {self.introduced_by})"
         return text
 
     @property
     def fixed_in_text(self) -> str:
-        """``0.6.7``, or ``vLLM's code, probed`` for a bug in vLLM's code."""
-        if self.fixed_in is None:
-            return "vLLM's code, probed"
-        return _release_text(self.fixed_in)
+        """``0.6.7``; for a bug in vLLM's code ``vLLM 0.22.0`` or ``not yet``."""
+        if self.defect is not None:
+            fixed = self.defect.fixed_in
+            return "not yet" if fixed is None else f"vLLM {release_text(fixed)}"
+        assert self.fixed_in is not None
+        return release_text(self.fixed_in)
 
     @property
     def guardable(self) -> bool:
@@ -255,15 +321,21 @@ class KnownBug:
         """Whether the plugin has a backport of the upstream fix somewhere."""
         return self.defect is not None and bool(self.defect.backported)
 
-    def in_range(self, release: tuple[int, ...] | None) -> bool:
-        """Whether a FlashInfer of this release (``Version.release``; None:
-        unknown) has it; always True for a bug in vLLM's code (probing vLLM's
-        code decides there)."""
+    def in_range(
+        self,
+        flashinfer: tuple[int, ...] | None,
+        vllm: tuple[int, ...] | None = None,
+    ) -> bool:
+        """Whether this install is in the entry's known range: for a
+        FlashInfer bug, whether a FlashInfer of release ``flashinfer``
+        (``Version.release``; None: unknown) has it; for a bug in vLLM's code,
+        whether vLLM of release ``vllm`` is in the defect's range (None:
+        unknown, the probe of vLLM's code alone decides)."""
         if self.defect is not None:
-            return True
-        if release is None or self.fixed_in is None:
+            return self.defect.in_range(vllm)
+        if flashinfer is None or self.fixed_in is None:
             return False
-        return (self.introduced_in or ()) <= release < self.fixed_in
+        return (self.introduced_in or ()) <= flashinfer < self.fixed_in
 
 
 FLASHINFER_2822 = KnownBug(
@@ -434,11 +506,18 @@ VLLM_43769 = KnownBug(
     defect=VllmDefect(
         "routed_scaling_factor",
         {
-            t.BF16_MONOLITHIC: "TrtLlmBf16ExpertsMonolithic.apply",
-            t.BF16_0_20: "TrtLlmBf16Experts.apply",
-            t.BF16_FUNCTION: "flashinfer_fused_moe_bf16",
+            t.BF16_MONOLITHIC: KernelCall(
+                "TrtLlmBf16ExpertsMonolithic.apply", "trtllm_bf16_moe"
+            ),
+            t.BF16_0_20: KernelCall("TrtLlmBf16Experts.apply", "trtllm_bf16_moe"),
+            t.BF16_FUNCTION: KernelCall(
+                "flashinfer_fused_moe_bf16", "flashinfer_trtllm_bf16_moe"
+            ),
         },
-        releases="0.16.0 - 0.21.0 (0.22.0 passes it)",
+        # Every release before 0.22.0 drops it (read from each wheel,
+        # scripts/layer_evidence.py); 0.22.0 passes it (vllm#43769).
+        fixed_in=(0, 22, 0),
+        unreadable="affected",
         backported=(t.BF16_0_20,),
     ),
     references=("vllm#43769",),
@@ -463,11 +542,17 @@ VLLM_32437 = KnownBug(
     targets=(t.MXINT4_MONOLITHIC,),
     defect=VllmDefect(
         "routed_scaling_factor",
-        {t.MXINT4_MONOLITHIC: "TrtLlmMxint4ExpertsMonolithic.apply"},
-        releases=(
-            "0.23.0 - 0.33.0 (the class; 0.19 - 0.22 call the kernel with no "
-            "routing check)"
-        ),
+        {
+            t.MXINT4_MONOLITHIC: KernelCall(
+                "TrtLlmMxint4ExpertsMonolithic.apply", "flashinfer_trtllm_mxint4_moe"
+            )
+        },
+        # The class, 0.23.0 on (0.19 - 0.22 call the kernel with no routing
+        # check); 0.34.0's MXINT4 files are 0.33.0's.
+        introduced_in=(0, 23, 0),
+        fixed_in=None,
+        unreadable="affected",
+        note="0.19 - 0.22 call the kernel with no routing check",
     ),
     references=("vllm#32437", "vllm#43769", "vllm#44007"),
     remove_when="no supported vLLM calls trtllm_mxint4_block_scale_moe without it",

@@ -11,15 +11,23 @@ routing methods it accepts: the "before" and "after" of ``status``.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import sys
+import textwrap
 from collections.abc import Callable
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .bugs import RENORMALIZE_METHODS
+from .bugs import RENORMALIZE_METHODS, KernelCall
 from .layers import LAYER_ATTRIBUTES
 from .targets import CONFIG, QUANT_UTILS, SCHEME_LABELS, LayerClass, Target
+
+if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
+    from typing import Literal
+
+    #: What vLLM's code does with a layer's value where it calls a kernel.
+    Probe = Literal["drops", "passes", "unknown"]
 
 #: Set on every replacement the plugin installs, holding vLLM's original.
 MARKER = "_vllm_moe_routing_plugin_original"
@@ -211,34 +219,60 @@ def is_ours(value: Any) -> bool:
     return hasattr(func, MARKER)
 
 
-def lacks_keyword(module: ModuleType, path: str | None, keyword: str) -> bool:
-    """Whether the function at ``path`` in ``module`` (``"Class.method"`` or
-    ``"function"``) makes no call that passes ``keyword`` by name.
+def probe_call(module: ModuleType, call: KernelCall, keyword: str) -> Probe:
+    """What vLLM's code at ``call`` does with ``keyword`` where it calls
+    ``call.callee``: ``"drops"`` (no call passes it by name, or one passes
+    ``None``), ``"passes"`` (every such call passes a value), or
+    ``"unknown"`` (the function or its source cannot be found, it makes no
+    such call, or a call without the keyword splats ``**kwargs`` / ``*args``,
+    which may carry it: vLLM 0.34's BF16 ``apply`` adds
+    ``**self.gemm1_activation_params``).
 
-    Read from the compiled code, not the source: every call with keyword
-    arguments keeps their names in a tuple among the code's constants (Python
-    3.10 - 3.13). False where the function cannot be found: a bug in vLLM's code
-    is reported only where its code shows it.
-    """
-    if path is None:
-        return False
+    Read from the function's source with ``ast``, not from its bytecode, whose
+    encoding of keyword names differs between Python versions and between
+    calls with and without ``**``. Only a bug in vLLM's code in range of the
+    installed vLLM is probed, once per target when vLLM imports its module."""
     owner: Any = module
-    for name in path.split("."):
+    for name in call.path.split("."):
         owner = inspect.getattr_static(owner, name, None)
         if isinstance(owner, (staticmethod, classmethod)):
             owner = owner.__func__
         if owner is None:
-            return False
-    code = getattr(inspect.unwrap(owner), "__code__", None)
-    if code is None:
-        return False
-    return not _passes_keyword(code, keyword)
+            return "unknown"
+    try:
+        source = inspect.getsource(inspect.unwrap(owner))
+        tree = ast.parse(textwrap.dedent(source))
+    except (OSError, TypeError, ValueError, SyntaxError):
+        return "unknown"
+    answers = {
+        _keyword_in(node, keyword)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and _called(node.func) == call.callee
+    }
+    if "drops" in answers:
+        return "drops"
+    if "unknown" in answers or not answers:
+        return "unknown"
+    return "passes"
 
 
-def _passes_keyword(code: Any, keyword: str) -> bool:
-    for constant in code.co_consts:
-        if isinstance(constant, tuple) and keyword in constant:
-            return True
-        if hasattr(constant, "co_consts") and _passes_keyword(constant, keyword):
-            return True
-    return False
+def _called(func: ast.expr) -> str | None:
+    """The name a call calls: ``f`` of ``f(...)`` and of ``a.b.f(...)``."""
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return None
+
+
+def _keyword_in(node: ast.Call, keyword: str) -> Probe:
+    for passed in node.keywords:
+        if passed.arg == keyword:
+            value = passed.value
+            if isinstance(value, ast.Constant) and value.value is None:
+                return "drops"
+            return "passes"
+    splats = any(passed.arg is None for passed in node.keywords) or any(
+        isinstance(arg, ast.Starred) for arg in node.args
+    )
+    return "unknown" if splats else "drops"

@@ -39,8 +39,9 @@ DISTRIBUTIONS: tuple[str, ...] = (
     FLASHINFER_JIT_CACHE,
 )
 
-#: The distributions the decision reads (the others are for the status report).
-DECIDING: tuple[str, ...] = (FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE)
+#: The distributions the decision reads (torch is for the status report): vLLM
+#: for the known ranges of its defects and whether it is newer than proven.
+DECIDING: tuple[str, ...] = (VLLM, FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE)
 
 VersionOf = Callable[[str], "str | None"]
 

@@ -119,17 +119,23 @@ def apply(target: Target, module: ModuleType, decision: Decision) -> Outcome:
 
 
 def applies(bug: KnownBug, found: RoutingCheck, accepted: set[str]) -> bool:
-    """Whether a catalogue entry can hit layers at this target: its kernel is
-    behind the target, vLLM's own check lets a layer of one of its routing
-    methods in (an entry about every method: any layer), and, for a bug in
-    vLLM's code, the code that calls the kernel shows it."""
+    """Whether an in-range catalogue entry can hit layers at this target: its
+    kernel is behind the target, vLLM's own check lets a layer of one of its
+    routing methods in (an entry about every method: any layer), and, for a
+    bug in vLLM's code, the code that calls the kernel drops the value (or
+    cannot be read, where the entry's rule says so: ``VllmDefect.unreadable``)."""
     if found.target not in bug.targets:
         return False
     if bug.layers.methods and not accepted.intersection(bug.layers.methods):
         return False
     if bug.defect is not None:
-        caller = bug.defect.callers.get(found.target)
-        return checks.lacks_keyword(found.module, caller, bug.defect.keyword)
+        call = bug.defect.callers.get(found.target)
+        if call is None:
+            return False
+        probe = checks.probe_call(found.module, call, bug.defect.keyword)
+        return probe == "drops" or (
+            probe == "unknown" and bug.defect.unreadable == "affected"
+        )
     return True
 
 
@@ -142,7 +148,7 @@ def _backport(found: RoutingCheck, bug: KnownBug) -> Patch | None:
     plugin has none or does not recognise vLLM's code there."""
     if bug.defect is None or found.target not in bug.defect.backported:
         return None
-    path = bug.defect.callers[found.target]
+    path = bug.defect.callers[found.target].path
     make = patches.BACKPORTS.get(path)
     owner_name, _, attr = path.rpartition(".")
     if make is None or owner_name != found.target.owner:

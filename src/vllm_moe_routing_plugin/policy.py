@@ -15,17 +15,26 @@ from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
 
-from .bugs import KNOWN_BUGS, RENORMALIZE_METHODS, KnownBug, by_id
+from .bugs import (
+    KNOWN_BUGS,
+    NEWEST_PROVEN_FLASHINFER,
+    RENORMALIZE_METHODS,
+    KnownBug,
+    by_id,
+    release_text,
+)
 from .envs import DISABLE_VAR, KNOWN_BUGS_VAR, RENORMALIZE_VAR, Settings
 from .facts import (
     FLASHINFER,
     FLASHINFER_CUBIN,
     FLASHINFER_JIT_CACHE,
+    VLLM,
     Facts,
     Gpu,
     GpuReading,
 )
 from .layers import LayerFacts
+from .targets import NEWEST_PROVEN_VLLM
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
@@ -365,43 +374,49 @@ def findings(
     version: Version | None,
     renormalize: BugAction = "guard",
     asked: Mapping[str, BugAction] | None = None,
+    vllm: Version | None = None,
 ) -> tuple[Finding, ...]:
     """Each catalogue entry against this FlashInfer (``version``; None:
-    unknown) on an SM100/SM103 machine, with the action asked for it."""
+    unknown) and this vLLM (``vllm``; None: unknown, where a bug in vLLM's
+    code is then left to the probe) on an SM100/SM103 machine, with the action
+    asked for it."""
     asked = asked or {}
     found = []
     release = version.release if version is not None else None
+    vllm_release = vllm.release if vllm is not None else None
     for bug in KNOWN_BUGS:
+        in_range = bug.in_range(release, vllm_release)
         if _renormalize_bug(bug):
-            found.append(Finding(bug, bug.in_range(release), renormalize))
+            found.append(Finding(bug, in_range, renormalize))
         elif bug.id in asked:
             # Asking for an entry's own action keeps what it does where the
             # layer's values are hidden; another action applies to both.
             action = asked[bug.id]
             hidden = bug.hidden_action if action == bug.action else action
-            found.append(Finding(bug, bug.in_range(release), action, hidden))
+            found.append(Finding(bug, in_range, action, hidden))
         else:
-            found.append(
-                Finding(bug, bug.in_range(release), bug.action, bug.hidden_action)
-            )
+            found.append(Finding(bug, in_range, bug.action, bug.hidden_action))
     return tuple(found)
 
 
-def findings_here(facts: Facts, settings: Settings) -> tuple[Finding, ...]:
-    """Each entry against the FlashInfer in use as if on an SM100/SM103 GPU,
-    with the actions the settings ask for: what ``status`` shows where the
-    decision itself reads no versions (no such GPU here, the plugin
-    disabled), for a host that plans before it has the GPU."""
-    version, _ = _flashinfer_in_use(facts)
-    asked, _ = bug_settings(settings)
-    renormalize: BugAction = "ignore" if settings.renormalize == "enable" else "guard"
-    return findings(version, renormalize, asked)
-
-
-def out_of_range() -> tuple[Finding, ...]:
-    """Every entry, none in range (a decision that reads no versions:
-    disabled, not applicable, unknown)."""
-    return tuple(Finding(bug, False, bug.action) for bug in KNOWN_BUGS)
+def unproven_notes(vllm: Version | None, flashinfer: Version | None) -> tuple[str, ...]:
+    """What the decision says of a vLLM or FlashInfer newer than the newest
+    release the plugin was proven on: it still decides (targets are found by
+    their shape, the known bugs from their ranges), and says so; nothing for
+    a proven release. A dev build of the next release counts as newer."""
+    notes = []
+    if vllm is not None and vllm.release > NEWEST_PROVEN_VLLM:
+        notes.append(
+            f"vLLM {vllm} is newer than the newest proven, "
+            f"{release_text(NEWEST_PROVEN_VLLM)}: targets found by shape, "
+            "vLLM defects from their known ranges"
+        )
+    if flashinfer is not None and flashinfer.release > NEWEST_PROVEN_FLASHINFER:
+        notes.append(
+            f"FlashInfer {flashinfer} is newer than the newest proven, "
+            f"{release_text(NEWEST_PROVEN_FLASHINFER)}: known bugs from their ranges"
+        )
+    return tuple(notes)
 
 
 def _disabled_by(settings: Settings) -> str:
@@ -435,8 +450,11 @@ def decide(facts: Facts, settings: Settings) -> Decision:
         )
     version, found = _flashinfer_in_use(facts)
     shown = str(version) if version else None
+    vllm = parse_version(facts.version(VLLM))
+    unproven = unproven_notes(vllm, version)
+    gpus = "; ".join((gpus, *unproven))
     if settings.renormalize == "enable":
-        let_through = findings(version, "ignore", asked)
+        let_through = findings(version, "ignore", asked, vllm)
         overridden = tuple(
             f.bug for f in let_through if f.in_range and _renormalize_bug(f.bug)
         )
@@ -459,14 +477,14 @@ def decide(facts: Facts, settings: Settings) -> Decision:
         return Decision(
             "guard",
             reason,
-            findings(version, "guard", asked),
+            findings(version, "guard", asked, vllm),
             flashinfer=shown,
             refuses_renormalize=True,
             notes=notes,
         )
     if version is None:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
-    found_all = findings(version, "guard", asked)
+    found_all = findings(version, "guard", asked, vllm)
     renormalize = [f.bug for f in found_all if _renormalize_bug(f.bug)]
     in_range = [bug for bug in renormalize if bug.in_range(version.release)]
     if not in_range:
