@@ -25,7 +25,7 @@ from packaging.version import Version
 
 from .. import envs, facts, log_line, patching, policy, targets
 from ..about import PLUGIN, __version__
-from ..bugs import RENORMALIZE_METHODS
+from ..bugs import KNOWN_BUGS, RENORMALIZE_METHODS
 from ..errors import describe_error
 from ..vllm_source import imports_flashinfer, vllm_has_module
 from .advice import Recommendation, never_shipped_note, recommend
@@ -123,6 +123,9 @@ class StatusReport:
     #: versions a what-if flag assumed instead of the installed ones
     assumed_versions: dict[str, str | None] = dataclasses.field(default_factory=dict)
     known_bugs: list[KnownBugRow] = dataclasses.field(default_factory=list)
+    #: The capability ``known_bugs`` assumes where the plugin acts on none
+    #: here (None: this process's own decision)
+    known_bugs_gpu: str | None = None
     targets_probed: bool = True  # False with --no-targets
 
     def to_json(self) -> dict[str, Any]:
@@ -272,18 +275,40 @@ def answer(decision: policy.Decision) -> str:
     return "The plugin is disabled: vLLM's own choice stands."
 
 
+#: The GPU ``status`` assumes for the known bugs where the plugin acts on
+#: none here (no GPU, another GPU, disabled): what an SM100 run would meet.
+ASSUMED_SM100 = "10.0"
+
+
+def on_sm100(
+    decision: policy.Decision,
+    found: facts.Facts,
+    environ: Mapping[str, str],
+) -> policy.Decision:
+    """The decision whose known bugs the report lists: this process's where
+    it acts (or cannot tell: ``unknown``), else the one an SM100 GPU would
+    get with these packages and settings (the plugin enabled), so that a
+    build host sees every entry a Blackwell run would meet, vLLM's own
+    defects included, without ``--capability``."""
+    if decision.acts or decision.action == "unknown":
+        return decision
+    enabled = envs.read({k: v for k, v in environ.items() if k != envs.DISABLE_VAR})
+    gpus = facts.gpus_from_capabilities([(10, 0)], "assumed")
+    return policy.decide(facts.Facts(found.versions, gpus), enabled)
+
+
 def known_bug_rows(
     decision: policy.Decision,
     outcomes: Sequence[patching.Outcome],
     probed: bool = True,
-    planned: Sequence[policy.Finding] = (),
 ) -> list[KnownBugRow]:
     """Every catalogue entry: its layers, whether this install is in its
     range, and the targets of this vLLM where its layers are judged. A bug in
-    vLLM's code is in range where probing this vLLM's code found it (unless
-    the targets were not probed: then wherever the decision reads versions)."""
+    vLLM's code is in range of this vLLM's release, and only where probing
+    this vLLM's code finds it (unless the targets were not probed)."""
     rows = []
-    for finding in decision.findings or planned or policy.out_of_range():
+    none = tuple(policy.Finding(bug, False, bug.action) for bug in KNOWN_BUGS)
+    for finding in decision.findings or none:
         bug = finding.bug
         applies_to = [
             o.target.name
@@ -377,12 +402,17 @@ def collect(
         if version != installed.get(name)
     }
     decision = policy.decide(found, settings)
+    planning = on_sm100(decision, found, environ)
     rows: list[TargetRow] = []
     outcomes: list[patching.Outcome] = []
+    planned_outcomes: list[patching.Outcome] = []
     pending: list[str] = []
     vllm_problem = None
     if not args.no_targets:
         rows, outcomes, pending, vllm_problem = preview_targets(decision)
+        planned_outcomes = outcomes
+        if planning is not decision:
+            planned_outcomes = preview_targets(planning)[1]
     plugin = entry_point(environ, entry_points)
     problems = [p for p in (plugin.problem,) if p]
     problems += list(settings.problems)
@@ -420,11 +450,9 @@ def collect(
         problems=problems,
         advice=recommend(decision, installed),
         known_bugs=known_bug_rows(
-            decision,
-            outcomes,
-            probed=not args.no_targets,
-            planned=policy.findings_here(found, settings),
+            planning, planned_outcomes, probed=not args.no_targets
         ),
+        known_bugs_gpu=None if planning is decision else ASSUMED_SM100,
         targets_probed=not args.no_targets,
     )
 
@@ -477,12 +505,13 @@ def render(status: StatusReport) -> str:
         add(f"advice    {status.advice.command}")
         add(f"          {status.advice.reason}")
     add("")
-    if status.action in ("enable", "guard"):
+    if status.known_bugs_gpu is None:
         add("known bugs (each MoE layer is judged when vLLM builds it)")
     else:
         add(
-            f"known bugs (the plugin acts on none here: {status.action}; in range "
-            "of this FlashInfer on an SM100/SM103 GPU:)"
+            f"known bugs (the plugin acts on none here: {status.action}; with these "
+            f"packages an SM100/SM103 GPU would meet, as --capability "
+            f"{status.known_bugs_gpu} shows:)"
         )
     in_range = [b for b in status.known_bugs if b.in_range]
     width = max((len(b.id) for b in in_range), default=0)
