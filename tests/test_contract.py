@@ -51,6 +51,7 @@ RELEASES: dict[str, dict[str, bool]] = {
     "0.26.0": _026,
     "0.30.0": _026,
     "0.33.0": _026,
+    "0.34.0": _026,
 }
 FUNCTIONS = {BF16_FN, FP8_FN, NVFP4_FN}
 RAISES_FOR_UNKNOWN_SCHEME = {FP8, FP8_017, FP8_FN}

@@ -14,9 +14,13 @@ from vllm_support import (
     FP8,
     FP8_BLOCK,
     FP8_PER_TENSOR,
+    FUSED_MOE,
+    MXFP4,
+    NVFP4,
     SM100,
     accepted,
     answer_sm100,
+    key,
     module,
     moe_config,
     run_python,
@@ -44,6 +48,7 @@ def snapshot(classes):
     return {name: dict(vars(cls)) for name, cls in classes.items()}
 
 
+@pytest.mark.flashinfer(">=0.6.18")  # no catalogue entry of FlashInfer in range
 def test_enable_is_native_and_replaces_nothing(classes, records):
     before = snapshot(classes)
     current = activation.activate(SM100)
@@ -161,3 +166,83 @@ def test_line_dropped_before_logging_is_configured_arrives_on_import():
     ), out
     assert "TrtLlmFp8ExpertsMonolithic native" in out
     assert out.index("vllm logger configured") < out.index(LINE_HEAD)
+
+
+#: vLLM 0.34's monolithic classes and a quant scheme of each: NVFP4's base
+#: class has its own ``is_supported_config`` from 0.34 (SWIGLUSTEP needs
+#: per-tensor activation scales), and the base check knows a new activation
+#: format (``PaddedStandard``, DeepEP v2).
+MONOLITHIC_0_34 = {
+    "TrtLlmFp8ExpertsMonolithic": (FP8, FP8_BLOCK),
+    "TrtLlmBf16ExpertsMonolithic": (BF16, (None, None)),
+    "TrtLlmNvFp4ExpertsMonolithic": (NVFP4, ("kNvfp4Static", "kNvfp4Dynamic")),
+    "TrtLlmMxfp4ExpertsMonolithic": (MXFP4, ("kMxfp4Static", None)),
+}
+
+
+def every_answer(cls, scheme):
+    """``is_supported_config`` over activations, activation formats, quant
+    keys and layer shapes, as vLLM's oracle can ask it."""
+    import dataclasses
+
+    mk = module(f"{FUSED_MOE}.modular_kernel")
+    activations = module(f"{FUSED_MOE}.activation").MoEActivation
+    answers = {}
+    layers = {"qwen3.5": (256, 8), "qwen3-30b": (128, 8)}
+    keys = {
+        "as vLLM pairs them": scheme,
+        "per-token nvfp4": (scheme[0], "kNvfp4DynamicToken"),
+    }
+    for layer, (experts, top_k) in layers.items():
+        for activation_name in ("SILU", "SWIGLUSTEP"):
+            config = dataclasses.replace(
+                moe_config(experts, top_k),
+                activation=getattr(activations, activation_name),
+            )
+            for fmt in mk.FusedMoEActivationFormat:
+                for keys_name, (wk, ak) in keys.items():
+                    try:
+                        answer = cls.is_supported_config(
+                            cls, config, key(wk), key(ak), fmt
+                        )
+                    except (AttributeError, ValueError) as exc:
+                        answer = type(exc).__name__
+                    answers[(layer, activation_name, fmt.name, keys_name)] = answer
+    return answers
+
+
+@pytest.mark.vllm(">=0.34")
+@pytest.mark.parametrize("name", list(MONOLITHIC_0_34))
+def test_the_guard_keeps_every_answer_vllm_gives_but_the_bugs(name, monkeypatch):
+    """Under the flashinfer#2822 guard, each class answers exactly as vLLM
+    does (its own refusals and their reasons, the NVFP4 base's SWIGLUSTEP
+    check, every activation format), except that the Qwen3.5-shaped layers
+    vLLM accepts are refused."""
+    path, scheme = MONOLITHIC_0_34[name]
+    answer_sm100(monkeypatch, path)
+    cls = getattr(module(path), name)
+    before = every_answer(cls, scheme)
+    if name == "TrtLlmNvFp4ExpertsMonolithic":
+        assert "SWIGLUSTEP requires per-tensor" in str(list(before.values()))
+    others = {
+        n: dict(vars(c))
+        for n, c in vars(module(path)).items()
+        if isinstance(c, type) and c.__module__ == path and c is not cls
+    }  # the modular classes (0.34: TrtLlmMxfp4Mxfp8ExpertsModular, ...) and bases
+    assert any(a == (True, None) for a in before.values())
+    assert len({str(a) for a in before.values()}) > 2  # vLLM refuses some itself
+    current = activation.activate(SM100, version_of=BUGGY)
+    assert current.decision.action == "guard"
+    after = every_answer(cls, scheme)
+    changed = {k for k in before if after[k] != before[k]}
+    accepted_qwen35 = {
+        k for k, a in before.items() if k[0] == "qwen3.5" and a == (True, None)
+    }
+    assert changed == accepted_qwen35 != set()
+    for k in changed:
+        assert after[k][0] is False and "flashinfer#2822" in after[k][1], after[k]
+    assert {
+        n: dict(vars(c)) for n, c in vars(module(path)).items() if n in others
+    } == others
+    activation.deactivate()
+    assert every_answer(cls, scheme) == before

@@ -24,6 +24,8 @@ from support import SIMULATED
 FUSED_MOE = "vllm.model_executor.layers.fused_moe"
 FP8 = f"{FUSED_MOE}.experts.trtllm_fp8_moe"
 BF16 = f"{FUSED_MOE}.experts.trtllm_bf16_moe"
+NVFP4 = f"{FUSED_MOE}.experts.trtllm_nvfp4_moe"
+MXFP4 = f"{FUSED_MOE}.experts.trtllm_mxfp4_moe"
 TRTLLM_FUNCTIONS = f"{FUSED_MOE}.flashinfer_trtllm_moe"
 SM100 = {"VLLM_MOE_ROUTING_DEVICE_CAPABILITY": "10.0"}
 
