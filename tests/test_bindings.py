@@ -166,6 +166,34 @@ def test_a_flashinfer_that_does_not_import_fails_the_check_once(
     assert bindings.exit_status(report) == 1
 
 
+def test_the_cuda_bindings_clash_says_what_to_run(tmp_path, flashinfer_stand_in):
+    """uv's install of vLLM 0.33 / 0.34 can leave cuda-python 12.6's copy of
+    cuda.bindings on disk over cuda-bindings 13's; FlashInfer then fails to
+    import with this error (met in this project's environments)."""
+    (tmp_path / "site" / "flashinfer" / "__init__.py").write_text(
+        "raise AttributeError(\"module 'cuda.bindings.runtime' has no attribute "
+        "'cudaLibrary_t'\")\n"
+    )
+    versions = {
+        "vllm": "0.34.0", "flashinfer-python": "0.7.4",
+        "cuda-python": "12.6.2.post1", "cuda-bindings": "13.5.0",
+    }  # fmt: skip
+    report = bindings.run(tree(tmp_path, VLLM_LIKE), version_of=versions.get)
+    assert report.import_advice == (
+        "cuda-python 12.6.2.post1 overwrote files of cuda-bindings 13.5.0; write them "
+        "again: pip install --force-reinstall --no-deps cuda-bindings==13.5.0 (uv: uv "
+        "pip install --reinstall-package cuda-bindings cuda-bindings==13.5.0)"
+    )
+    assert f"  what to run: {report.import_advice}" in bindings.render(report)
+    assert bindings.exit_status(report) == 1
+    assert (
+        bindings.import_advice("ImportError: no module named cuda", versions.get)
+        is None
+    )
+    del versions["cuda-python"]
+    assert bindings.import_advice(report.import_error, versions.get) is None
+
+
 def test_routing_numbers_vllm_passes_are_named_as_flashinfer_reads_them(
     tmp_path, flashinfer_stand_in
 ):

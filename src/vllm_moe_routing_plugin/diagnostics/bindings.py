@@ -132,6 +132,8 @@ class Report:
     #: ``import flashinfer`` raised (a companion-wheel mismatch, a missing
     #: dependency): every reference fails with it, so they are not listed
     import_error: str | None = None
+    #: what to run, where the import failed for a known environment clash
+    import_advice: str | None = None
 
     def of(self, moe: bool) -> list[Checked]:
         return [c for c in self.checked if c.reference.moe == moe]
@@ -171,6 +173,7 @@ class Report:
             "flashinfer": self.flashinfer,
             "error": self.error,
             "import_error": self.import_error,
+            "import_advice": self.import_advice,
             "ok": self.ok,
             "moe": self.summary(moe=True),
             "elsewhere": self.summary(moe=False),
@@ -580,6 +583,26 @@ def unmet_requirements(distribution: str) -> list[str]:
     return unmet
 
 
+def import_advice(error: str, version_of: VersionOf = installed_version) -> str | None:
+    """What to run where ``import flashinfer`` failed for a known clash of
+    the environment, not of FlashInfer: cuda-python 12.x's wheel carries the
+    files of cuda-bindings 12, and where a resolver installs it beside
+    cuda-bindings 13 (a uv install of vLLM 0.33 / 0.34) both write
+    ``cuda/bindings`` at once; with 12.x's files left on disk FlashInfer's
+    CUTLASS DSL fails on ``cuda.bindings.runtime.cudaLibrary_t``. Writing
+    cuda-bindings' own files again mends it (noxfile.py's ``install`` does)."""
+    cuda_python = version_of("cuda-python")
+    cuda_bindings = version_of("cuda-bindings")
+    if "cudaLibrary_t" not in error or not (cuda_python and cuda_bindings):
+        return None
+    return (
+        f"cuda-python {cuda_python} overwrote files of cuda-bindings {cuda_bindings}; "
+        "write them again: pip install --force-reinstall --no-deps "
+        f"cuda-bindings=={cuda_bindings} (uv: uv pip install --reinstall-package "
+        f"cuda-bindings cuda-bindings=={cuda_bindings})"
+    )
+
+
 def run(root: Path | None = None, version_of: VersionOf = installed_version) -> Report:
     """The check for the installed vLLM (or the vLLM package at ``root``)
     and the importable FlashInfer."""
@@ -599,6 +622,7 @@ def run(root: Path | None = None, version_of: VersionOf = installed_version) -> 
         importlib.import_module("flashinfer")
     except Exception as exc:
         report.import_error = describe_error(exc)
+        report.import_advice = import_advice(report.import_error, version_of)
         return report
     report.checked = [check(ref) for ref in scan(root)]
     checks = accepted_routing_methods(root)
@@ -643,7 +667,10 @@ def render(report: Report) -> str:
         f"{_installed(FLASHINFER, report.flashinfer)}"
     ]
     if report.import_error:
-        return "\n".join([*lines, f"  import flashinfer failed: {report.import_error}"])
+        lines.append(f"  import flashinfer failed: {report.import_error}")
+        if report.import_advice:
+            lines.append(f"  what to run: {report.import_advice}")
+        return "\n".join(lines)
     for moe, label in ((True, "fused-MoE code"), (False, "elsewhere in vLLM")):
         s = report.summary(moe)
         lines.append(
