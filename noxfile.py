@@ -174,24 +174,27 @@ BINDINGS = [
 BINDINGS_RESULTS = ROOT / "build" / "bindings"
 
 
-def install(session: nox.Session, env: Env) -> None:
+def install(session: nox.Session, env: Env, *, override: bool | None = None) -> None:
     """Install ``env`` into the session's environment (skipped when it is
     already there), then this checkout of the plugin, byte-compiled as pip
-    installs it."""
+    installs it. ``override``: resolve vLLM with ``env.flashinfer`` in place
+    of its pin (default: where the registry does not serve the pin)."""
+    if override is None:
+        override = env.vllm in PIN_NOT_SERVED
     spec = " ".join([env.name, *TEST_DEPENDENCIES])
     marker = Path(session.virtualenv.location) / ".moe-routing-env"
     if not marker.exists() or marker.read_text() != spec:
         if env.vllm is None:
             session.install("packaging", "nvidia-ml-py", *TEST_DEPENDENCIES)
-        elif env.vllm in PIN_NOT_SERVED:
-            override = Path(session.create_tmp()) / "flashinfer-override.txt"
-            override.write_text(f"flashinfer-python=={env.flashinfer}\n")
+        elif override:
+            pins = Path(session.create_tmp()) / "flashinfer-override.txt"
+            pins.write_text(f"flashinfer-python=={env.flashinfer}\n")
             session.install(
-                f"vllm=={env.vllm}", "--override", str(override), *TEST_DEPENDENCIES
+                f"vllm=={env.vllm}", "--override", str(pins), *TEST_DEPENDENCIES
             )
         else:
             session.install(f"vllm=={env.vllm}", *TEST_DEPENDENCIES)
-        if env.flashinfer is not None and env.vllm not in PIN_NOT_SERVED:
+        if env.flashinfer is not None and not override:
             # Over vLLM's pins; flashinfer-cubin too where the release installs
             # it (FlashInfer 0.6.x refuses to import when the two differ).
             over_pins = [f"flashinfer-python=={env.flashinfer}"]
@@ -414,6 +417,53 @@ def known_bugs(session: nox.Session, env: Env) -> None:
                 *(session.posargs or ["tests/test_known_bugs.py",
                                       "tests/test_layers.py"]),
                 env=EXPECTATIONS_REQUIRED)  # fmt: skip
+
+
+def newest_served(session: nox.Session, distribution: str) -> str:
+    """The newest release of ``distribution`` the package index serves
+    (``pip index versions``: its first line is ``vllm (0.34.0)``)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", distribution,
+         "--disable-pip-version-check"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    first = out.strip().splitlines()[0]
+    return first.split("(", 1)[1].split(")", 1)[0]
+
+
+#: The tests that say what a new vLLM or FlashInfer release moved.
+RELEASE_TESTS = [
+    "tests/test_contract.py", "tests/test_layers.py", "tests/test_known_bugs.py",
+    "tests/test_vllm_newest.py", "tests/test_kernel_check.py", "tests/test_bindings.py",
+]  # fmt: skip
+
+
+@nox.session
+def newest_release(session: nox.Session) -> None:
+    """The release tests on the newest vLLM and FlashInfer the registry serves.
+
+    Not part of the test command: run it the day a vLLM or FlashInfer
+    release comes out. It resolves the newest vLLM with the newest
+    flashinfer-python in place of vLLM's pin (uv's ``--override``), prints
+    what ``status`` decides there (the reason names a release newer than the
+    newest proven), and runs the contract, layer, catalogue and binding tests
+    with ``MOE_ROUTING_TESTS_UNPROVEN=1``: a release without expectations
+    is held to the newest proven release's, so each failure names a target,
+    layer class, default choice or probe that moved (``-- ARGS`` go to
+    pytest). Then follow docs/development.md, "Adding a vLLM release"."""
+    env = Env(
+        newest_served(session, "vllm"), newest_served(session, "flashinfer-python")
+    )
+    session.log(
+        f"newest on the index: vllm {env.vllm}, flashinfer-python {env.flashinfer}"
+    )
+    install(session, env, override=True)
+    session.run("vllm-moe-routing", "status", "--capability", "10.0")
+    session.run(
+        "python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rfE",
+        "-m", "not processes", *(session.posargs or RELEASE_TESTS),
+        env={"MOE_ROUTING_TESTS_UNPROVEN": "1"},
+    )  # fmt: skip
 
 
 COVERAGE = "coverage[toml]==7.*"

@@ -18,7 +18,14 @@ from __future__ import annotations
 import pytest
 from packaging.version import Version
 
-from support import FLASHINFER, LINE_HEAD, VLLM, versions
+from support import (
+    FLASHINFER,
+    LINE_HEAD,
+    NEWEST_PROVEN_VLLM,
+    VLLM,
+    expected,
+    versions,
+)
 from vllm_moe_routing_plugin import activation, bugs, checks, patching, targets
 from vllm_moe_routing_plugin.envs import KNOWN_BUGS_VAR
 from vllm_support import BOTH, SM100, import_target_modules, methods
@@ -66,7 +73,7 @@ RENORMALIZE_ONLY = {
     ),
 }
 
-CONTRACT = RELEASES.get(VLLM or "")
+CONTRACT = expected(RELEASES, VLLM, NEWEST_PROVEN_VLLM)
 pytestmark = pytest.mark.skipif(
     CONTRACT is None, reason=f"no contract written for vLLM {VLLM}"
 )

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from support import LINE_HEAD, VLLM, versions
+from support import LINE_HEAD, NEWEST_PROVEN_VLLM, VLLM, expected, versions
 from vllm_moe_routing_plugin import activation, checks, targets
 from vllm_moe_routing_plugin import bugs as bugs_module
 from vllm_moe_routing_plugin.diagnostics import cli, status
@@ -140,7 +140,10 @@ PROBES: dict[str, dict[tuple[str, str], str]] = {
 }
 
 
-@pytest.mark.skipif(VLLM not in PROBES, reason=f"no probe answers for vLLM {VLLM}")
+PROBED = expected(PROBES, VLLM, NEWEST_PROVEN_VLLM)
+
+
+@pytest.mark.skipif(PROBED is None, reason=f"no probe answers for vLLM {VLLM}")
 def test_each_vllm_defect_probe_reads_this_releases_code():
     """Both answers occur across the releases: a probe that always said
     "drops" (or "passes") fails on some release here."""
@@ -156,7 +159,7 @@ def test_each_vllm_defect_probe_reads_this_releases_code():
             answers[(bug.id, target.name)] = checks.probe_call(
                 found, call, bug.defect.keyword
             )
-    assert answers == PROBES[VLLM]
+    assert answers == PROBED
 
 
 def planned_defects(**versions_):

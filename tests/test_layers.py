@@ -22,7 +22,14 @@ import os
 
 import pytest
 
-from support import FLASHINFER, VLLM, versions
+from support import (
+    FLASHINFER,
+    NEWEST_PROVEN_FLASHINFER,
+    NEWEST_PROVEN_VLLM,
+    VLLM,
+    expected,
+    versions,
+)
 from vllm_moe_routing_plugin import activation
 from vllm_moe_routing_plugin import layers as layers_module
 from vllm_support import (
@@ -79,13 +86,16 @@ GUARDED: dict[tuple[str, str], dict[tuple[str, str], set[str]]] = {
 WIDENED = {("0.19.1", "0.6.8.post1"): {"Qwen3-30B-A3B", "Qwen3.5-35B-A3B"}}
 
 HERE = (VLLM, FLASHINFER)
+#: This environment's expectations (the newest proven pair's for an unproven
+#: release in the ``newest_release`` session; None: none written).
+EXPECTED = expected(GUARDED, HERE, (NEWEST_PROVEN_VLLM, NEWEST_PROVEN_FLASHINFER))
 #: Every environment the test command runs this module in has its expectations
 #: above (its sessions set this variable, and the test below checks it);
 #: elsewhere (a release pair no session installs) the tests that need them
 #: skip, and say so.
 REQUIRED = os.environ.get("MOE_ROUTING_TESTS_REQUIRE_EXPECTATIONS") == "1"
 needs_expectations = pytest.mark.skipif(
-    HERE not in GUARDED, reason=f"no expectations for vLLM {VLLM} x {FLASHINFER}"
+    EXPECTED is None, reason=f"no expectations for vLLM {VLLM} x {FLASHINFER}"
 )
 pytestmark = pytest.mark.skipif(VLLM is None, reason="needs vLLM")
 
@@ -112,7 +122,7 @@ def test_each_layer_keeps_vllms_choice_unless_a_bug_in_range_hits_it(
     without = layers.choice(model, quant)
     current = activation.activate(SM100)
     with_plugin = layers.choice(model, quant)
-    guarded = GUARDED[HERE].get((name, quant), set())
+    guarded = EXPECTED.get((name, quant), set())
     if name in WIDENED.get(HERE, set()) and quant == "fp8":
         assert (without, with_plugin) == (FP8_MODULAR, FP8_MONOLITHIC)
     elif guarded:
@@ -224,7 +234,7 @@ def test_a_layer_vllm_cannot_build_after_a_guard_is_named_before_its_error(
     and the plugin's WARNING before vLLM's error names the guard (vLLM's own
     error names it only where the refused class was the last it tried)."""
     model = MODELS["GLM-5"]
-    if not GUARDED[HERE].get(("GLM-5", "bf16")):
+    if not EXPECTED.get(("GLM-5", "bf16")):
         pytest.skip(f"no known bug in range hits GLM-5 on {HERE}")
     layers.build(model, moe_backend="flashinfer_trtllm")  # vLLM alone builds it
     activation.activate(SM100)
