@@ -241,6 +241,28 @@ def test_companion_wheel_mismatch_exits_1():
     assert status_report.exit_status(report) == 1
 
 
+@pytest.mark.parametrize(
+    ("vllm", "said"),
+    [
+        ("0.34.0", None),
+        (
+            "0.35.0",
+            "vLLM 0.35.0 is newer than the newest proven, 0.34.0: targets found by "
+            "shape, vLLM defects from their known ranges",
+        ),
+    ],
+)
+def test_status_names_a_release_newer_than_proven_on_its_first_screen(vllm, said):
+    versions = {"vllm": vllm, "flashinfer-python": "0.7.4"}
+    report = _collect(installed_version=versions.get, requires_of=lambda name: [])
+    second_line = status_report.render(report).splitlines()[1]
+    assert second_line.startswith("decision  enable: flashinfer-python 0.7.4 >= 0.6.7")
+    assert (said is not None and second_line.endswith(f"; {said}")) or (
+        said is None and "newer than" not in status_report.render(report)
+    ), second_line
+    assert (said or "") in report.line  # the INFO line vLLM would log
+
+
 def test_pin_notes():
     assert status_report.pin_notes(
         {"flashinfer-python": "0.6.7", "flashinfer-cubin": "0.6.6"},

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""The catalogue of known bugs on the fused TRT-LLM MoE paths vLLM 0.16 - 0.33 take.
+"""The catalogue of known bugs on the fused TRT-LLM MoE paths vLLM 0.16 - 0.34 take.
 
 Each entry says what goes wrong, the MoE layers it hits (``Layers``: routing
 methods, experts and top_k, expert groups, correction bias, the scale that

@@ -8,7 +8,7 @@ vLLM's ``FusedMoEConfig``, which the routing checks receive, carries the
 first three only. The rest are attributes of the object whose constructor
 asks the backend oracle for the layer's kernel (``targets.LAYER_CLASSES``:
 ``FusedMoE`` up to vLLM 0.23, ``RoutedExperts`` from 0.24), set before the
-oracle runs in every release 0.16 - 0.33 and read from there by the quant
+oracle runs in every release 0.16 - 0.34 and read from there by the quant
 methods when they call the kernel. ``patches.layer_constructor`` marks that
 object as "being built" for the duration of its constructor; the routing
 checks read it here.

@@ -227,7 +227,7 @@ def layer_constructor(
 
     Why: the values that decide whether a known bug hits a layer (expert
     groups, correction bias, the ``routed_scaling_factor`` into the kernel)
-    are not in the ``moe_config`` vLLM's routing checks receive (0.16 - 0.33);
+    are not in the ``moe_config`` vLLM's routing checks receive (0.16 - 0.34);
     they are attributes of this object, set before its constructor asks the
     backend oracle for the layer's kernel.
     How: the original runs unchanged between ``layers.enter`` and

@@ -95,7 +95,7 @@ FP8_MONOLITHIC = Target(
     "_supports_routing_method",
     "method",
     (FP8_BLOCK, MXFP8, FP8_PER_TENSOR),
-    "0.18-0.33",
+    "0.18-0.34",
 )
 FP8_0_17 = Target(
     f"{FUSED_MOE}.experts.trtllm_fp8_moe",
@@ -111,7 +111,7 @@ BF16_MONOLITHIC = Target(
     "_supports_routing_method",
     "method",
     (UNQUANTIZED,),
-    "0.26-0.33",
+    "0.26-0.34",
 )
 BF16_0_20 = Target(
     f"{FUSED_MOE}.experts.trtllm_bf16_moe",
@@ -148,7 +148,7 @@ NVFP4_MONOLITHIC = Target(
     "_supports_routing_method",
     "method",
     (NVFP4,),
-    "0.17-0.33",
+    "0.17-0.34",
 )
 NVFP4_FUNCTION = Target(
     "vllm.model_executor.layers.quantization.utils.flashinfer_fp4_moe",
@@ -164,7 +164,7 @@ MXFP4_MONOLITHIC = Target(
     "_supports_routing_method",
     "method",
     (MXFP4, MXFP4_MXFP8),
-    "0.19-0.33",
+    "0.19-0.34",
 )
 MXINT4_MONOLITHIC = Target(
     f"{FUSED_MOE}.experts.trtllm_mxint4_moe",
@@ -172,7 +172,7 @@ MXINT4_MONOLITHIC = Target(
     "_supports_routing_method",
     "method",
     (MXINT4,),
-    "0.23-0.33",
+    "0.23-0.34",
 )
 
 TARGETS: tuple[Target, ...] = (
@@ -217,7 +217,7 @@ class LayerClass:
 #: a factory function that builds a ``RoutedExperts``).
 LAYER_CLASSES: tuple[LayerClass, ...] = (
     LayerClass(f"{FUSED_MOE}.layer", "FusedMoE", "0.16-0.23"),
-    LayerClass(f"{FUSED_MOE}.routed_experts", "RoutedExperts", "0.24-0.33"),
+    LayerClass(f"{FUSED_MOE}.routed_experts", "RoutedExperts", "0.24-0.34"),
 )
 
 

@@ -422,7 +422,7 @@ def accepted_routing_methods(root: Path) -> dict[str, set[str]]:
     """The routing checks of vLLM's fused TRT-LLM kernels in the vLLM package
     at ``root`` (the plugin's targets), each with the ``RoutingMethodType``
     members it names: the methods it lets onto FlashInfer's in-kernel
-    routing (every check of vLLM 0.16 - 0.33 is a list of accepted methods).
+    routing (every check of vLLM 0.16 - 0.34 is a list of accepted methods).
     A check that names none is taken as accepting every method."""
     found: dict[str, set[str]] = {}
     for target in targets.TARGETS:
