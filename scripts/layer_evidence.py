@@ -48,7 +48,7 @@ from vllm_moe_routing_plugin.layers import LAYER_ATTRIBUTES  # noqa: E402
 RELEASES = [
     "0.16.0", "0.17.1", "0.18.1", "0.19.1", "0.20.2", "0.21.0", "0.22.1", "0.23.0",
     "0.24.0", "0.25.1", "0.26.0", "0.27.1", "0.28.0", "0.29.0", "0.30.0", "0.31.0",
-    "0.32.0", "0.33.0",
+    "0.32.0", "0.33.0", "0.34.0",
 ]  # fmt: skip
 FUSED_MOE = "vllm/model_executor/layers/fused_moe"
 MODELS = "vllm/model_executor/models"
