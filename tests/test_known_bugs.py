@@ -196,6 +196,55 @@ def test_a_release_in_range_whose_code_passes_the_value_is_left_alone():
     assert planned_defects() == {("vllm#32437", _MXINT4)}
 
 
+@pytest.mark.vllm(">=0.26")
+@pytest.mark.parametrize(("scale", "refused"), [(2.5, True), (1.0, False)])
+def test_the_mxint4_class_refuses_the_layers_vllm_32437_hits(
+    scale, refused, monkeypatch
+):
+    """vllm#32437, in range from 0.23 on: vLLM's own MXINT4 class, asked by
+    the oracle about a DeepSeekV3 layer being built, refuses the fused kernel
+    where the layer passes a scale other than 1 into it (Ling, Kimi-Linear
+    from 0.20) and keeps it where the model scales its output (DeepSeek-V3,
+    Kimi-K2-Thinking). The layer under construction is a stand-in holding
+    the attributes vLLM's ``RoutedExperts`` sets (tests/test_layers.py builds
+    the real one for BF16 and FP8)."""
+    from vllm_moe_routing_plugin import layers
+
+    path = f"{FUSED_MOE}.experts.trtllm_mxint4_moe"
+    monkeypatch.setenv("VLLM_USE_FLASHINFER_MOE_INT4", "1")  # vLLM's own opt-in
+    answer_sm100(
+        monkeypatch,
+        path,
+        "vllm.model_executor.layers.quantization.utils.flashinfer_mxint4_moe",
+    )
+    cls = module(path).TrtLlmMxint4ExpertsMonolithic
+    config = moe_config(256, 8, "DeepSeekV3")
+    mk = module(f"{FUSED_MOE}.modular_kernel")
+    ask = lambda: cls.is_supported_config(  # noqa: E731
+        cls, config, key("kInt4Static32"), None, mk.FusedMoEActivationFormat.Standard
+    )
+    assert ask() == (True, None)
+    activation.activate(SM100)
+    being_built = SimpleNamespace(
+        global_num_experts=256, top_k=8, num_expert_group=8, topk_group=4,
+        e_score_correction_bias=object(), routed_scaling_factor=scale,
+        layer_name="model.layers.1.mlp.experts",
+    )  # fmt: skip
+    layers.enter(being_built)
+    try:
+        supported, reason = ask()
+    finally:
+        layers.leave()
+    assert supported is not refused
+    if refused:
+        assert reason.startswith(
+            "FlashInfer's trtllm_mxint4_block_scale_moe is called by vLLM with "
+            "routed_scaling_factor=None for DeepSeekV3 layers whose "
+            "routed_scaling_factor into the kernel is not 1 (vllm#32437; this layer: "
+            "DeepSeekV3, 256 experts, top_k 8, n_group 8, bias, scale 2.5"
+        ), reason
+
+
 # status: which entries reach (the done-when of the catalogue)
 
 
