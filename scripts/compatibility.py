@@ -34,7 +34,8 @@ TARGET_ORDER = [
 ]
 INTRO = """\
 Each row is one environment: a vLLM release with the FlashInfer it pins, or with
-flashinfer-python (and -cubin where the release pins it) 0.6.7 over an older pin.
+flashinfer-python (and -cubin where the release pins it) 0.6.7 over an older pin;
+vLLM 0.34.0 with 0.7.4 in place of its `==0.7.3` pin, which PyPI does not serve.
 The contract tests (`tests/test_contract.py`) check the expected targets, their
 states and their answers for both decisions (the other FlashInfer version injected),
 and the decision the installed FlashInfer produces; `tests/test_kernel_check.py`
