@@ -260,7 +260,9 @@ def as_bytes(tensor: torch.Tensor) -> bytes:
 def answers(case: cases.RoutingCase) -> dict[str, bytes]:
     """What the stand-in driver writes for ``case``, per fault mode: the
     reference routing, and the same with the faults the catalogue's bugs put
-    in the kernels' output, in the driver's output format."""
+    in the kernels' output, in the driver's output format; for the sigmoid
+    methods also FlashInfer's sigmoid formula, ``0.5 * tanh(0.5 x) + 0.5``,
+    in fp32 ("tanh"), and the first expert of each token unmapped."""
     logits, bias = case.inputs()
     if case.logits_dtype == "bf16":
         logits = logits.to(torch.bfloat16).float()
@@ -284,11 +286,18 @@ def answers(case: cases.RoutingCase) -> dict[str, bytes]:
     if in_2822 and (logits < 0).all():
         garbage = ids.clone()
         garbage[:, -1] = 0  # expert 0 with a garbage score, as flashinfer#2822 does
-    return {
+    modes = {
         "right": driver_file(ids, w),
         "garbage": driver_file(garbage, w),
         "nan": driver_file(ids, nan),
     }
+    if case.method != "Renormalize":
+        tanh = 0.5 * torch.tanh(0.5 * logits.float()) + 0.5
+        modes["tanh"] = driver_file(ids, reference.sigmoid_weights(tanh, ids))
+        unmapped = ids.clone()
+        unmapped[:, 0] = -1
+        modes["unmapped"] = driver_file(unmapped, w)
+    return modes
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +306,7 @@ def answers_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     must hand the driver, and the stand-in's answer in each mode, computed
     here once so that the stand-in process starts without torch."""
     root = tmp_path_factory.mktemp("answers")
-    for case in SMALL:
+    for case in SMALL + LIMITS:
         known = root / case.name.replace("/", "_")
         known.mkdir()
         logits, bias = case.inputs()
@@ -346,6 +355,7 @@ SMALL = (
     by_name("MiniMax2/E256/k8/T1/randn/bias-small/scale3"),
     by_name("DeepSeekV3/E256/k8/T300/randn/bias-small"),
 )
+LIMITS = tuple(c for c in cases.CASES if c.measures is not None)
 
 
 def test_right_kernels_pass_every_case(stand_in):
@@ -431,6 +441,71 @@ def test_render_prints_findings_first_and_exits_1(stand_in):
     assert lines[1].startswith("verdict: MISMATCH")
     assert any("CATALOGUE DISAGREES" in line for line in lines)
     assert verify.verify_exit(result) == 1
+
+
+# --- the sigmoid limit: measured, never a finding ----------------------------
+
+
+def test_the_limit_cases_measure_both_sigmoid_paths():
+    assert [(c.method, c.n_group, c.bias, c.bug) for c in LIMITS] == [
+        ("DeepSeekV3", 1, "zero", None),
+        ("DeepSeekV3", 8, "zero", None),
+    ]
+    for case in LIMITS:
+        logits, bias = case.inputs()
+        assert bias is not None and (bias == 0).all()
+        planted = logits > cases.OTHER_LOGIT
+        assert (planted.sum(-1) == case.top_k).all()
+        assert ((logits == cases.ANCHOR_LOGIT).sum(-1) == 1).all()
+        # every planted expert in the first group, where the anchor wins it
+        group = case.experts // case.n_group
+        assert not planted[:, group:].any() or case.n_group == 1
+        band = logits[planted & (logits != cases.ANCHOR_LOGIT)]
+        assert band.min() >= cases.BAND_LOGITS[0] and band.max() < cases.BAND_LOGITS[1]
+
+
+def test_an_exact_sigmoid_measures_no_limit(stand_in):
+    results = check.run(stand_in("right", NEW), LIMITS, (0, 7, 4))
+    summary = check.summarise(results, "0.7.4", (0, 7, 4))
+    assert summary["failed_runs"] == 0 and summary["findings"] == []
+    assert summary["runs"] == [] and len(summary["limits"]) == 2
+    for row in summary["limits"]:
+        assert row["zero_up_to"] is None and row["coarse_up_to"] is None
+        assert sum(b["samples"] for b in row["bands"]) == row["samples"] == 2048 * 7
+        assert max(b["max_error"] for b in row["bands"]) < 2**-8  # bf16 rounding
+
+
+def test_flashinfers_sigmoid_formula_is_reported_as_a_limit(stand_in):
+    """fp32 ``0.5 * tanh(0.5 x) + 0.5`` (exactly rounded tanh on the CPU;
+    the GPU's tanh.approx is coarser): 0 below about -18, where 0.5 * tanh
+    rounds to -0.5, more than 1 % off below about -13. Reported band by band,
+    and the check still passes: a limit is no catalogue entry."""
+    results = check.run(stand_in("tanh", NEW), LIMITS, (0, 7, 4))
+    summary = check.summarise(results, "0.7.4", (0, 7, 4))
+    assert summary["failed_runs"] == 0 and summary["findings"] == []
+    for row in summary["limits"]:
+        assert -19 < row["zero_up_to"] < -17 and -19 < row["nonzero_from"] < -17
+        assert -14 < row["coarse_up_to"] < -12
+        bands = {b["low"]: b for b in row["bands"]}
+        assert bands[-20.0]["zero"] == bands[-20.0]["samples"] > 0
+        assert bands[-17.0]["zero"] == 0 and bands[-17.0]["max_error"] > 0.1
+        assert bands[-8.0]["max_error"] < 2**-8
+    routing = summary | {"arch": "sm_90a"}
+    lines = verify.render_routing(routing)
+    assert any(line.startswith("  sigmoid limit (measured") for line in lines)
+    assert any("no groups: weight 0 up to a logit of -18" in line for line in lines)
+    assert any(line.strip().startswith("[-17,-16)") for line in lines)
+
+
+def test_a_limit_that_cannot_be_measured_is_a_finding(stand_in):
+    results = check.run(stand_in("unmapped", NEW), LIMITS[:1], (0, 7, 4))
+    (result,) = results
+    assert result.failed and result.limit is not None
+    assert result.limit.anchors_lost == 2048
+    (finding,) = check.summarise(results, "0.7.4", (0, 7, 4))["findings"]
+    assert finding.startswith(
+        "limit case DeepSeekV3/E256/k8/T2048/bands/bias-zero could not be measured"
+    )
 
 
 # --- verify's routing check without a GPU or nvcc ----------------------------

@@ -272,4 +272,51 @@ def render_routing(report: Mapping[str, Any]) -> list[str]:
             f"  {row['case']:<50} {bug:<16} {counts[0]:>5} {counts[1]:>5} "
             f"{counts[2]:>5} {counts[3]:>5} {counts[4]:>6}  {result_}"
         )
+    return out + render_limits(report.get("limits", []))
+
+
+def render_limits(limits: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The sigmoid-limit cases: where FlashInfer's routing sigmoid gives 0 or
+    coarse weights, per band of logits (a measured limit of every release,
+    not a catalogue entry: it neither passes nor fails the check)."""
+    ran = [row for row in limits if row["ran"] and row.get("bands")]
+    out = [
+        f"  sigmoid limit: {row['case']} not measured: "
+        + (row.get("not_run") or row.get("error") or "no weights")
+        for row in limits
+        if row not in ran
+    ]
+    if not ran:
+        return out
+    out.append(
+        "  sigmoid limit (measured, not a catalogue entry): the weight of an expert "
+        "at logit x beside one at 0, against the exact sigmoid"
+    )
+    titles = [
+        "no groups" if row["groups"] <= 1 else f"{row['groups']} groups" for row in ran
+    ]
+
+    def at(value: float | None) -> str:
+        return "none" if value is None else f"{value:.2f}"
+
+    for row, title in zip(ran, titles, strict=True):
+        out.append(
+            f"    {title}: weight 0 up to a logit of {at(row['zero_up_to'])} "
+            f"(first non-zero at {at(row['nonzero_from'])}), more than "
+            f"{row['coarse_threshold']:.0%} off up to {at(row['coarse_up_to'])}; "
+            f"{row['samples']} experts" + ("" if row["passed"] else "; NOT MEASURED")
+        )
+    out.append(
+        "    logits    "
+        + "".join(f"  {title:>9}  zero  max err  median" for title in titles)
+    )
+    for index, band in enumerate(ran[0]["bands"]):
+        line = f"    [{band['low']:g},{band['high']:g})".ljust(14)
+        for row in ran:
+            cell = row["bands"][index]
+            line += (
+                f"  {cell['samples']:>9}  {cell['zero']:>4}  "
+                f"{cell['max_error']:>7.1%}  {cell['median_error']:>6.1%}"
+            )
+        out.append(line)
     return out

@@ -4,14 +4,26 @@ into a small CUDA program (``routing_driver.cu``) for this machine's GPU.
 
 What is compiled, and from where (nothing is vendored into this repository):
 
-* the routing kernels: every ``.cu`` file under the wheel's ``data/csrc`` with
-  "routing" in its path, except Llama4's (0.6.6: ``trtllm_fused_moe_routing_
-  {renormalize,deepseek}.cu``; 0.6.7: ``fused_moe/trtllm_backend/routing*/``
-  too; 0.6.8 on: ``..._routing_{common,custom,deepseek}.cu``);
-* ``Routing::Runner`` from the wheel's ``csrc/trtllm_fused_moe_runner.cu``: the
-  text up to ``namespace PermuteGemm1`` (its includes and the whole
-  ``namespace Routing``), so the routing options each release sets (PDL, the
-  packed top-k buffer, the normalisation epsilon of 0.6.15 on) are its own;
+* the routing kernels ``Routing::Runner`` dispatches to: the
+  ``trtllm_fused_moe_routing_*.cu`` files next to the DeepSeek one, and the
+  ``routing*/`` folders beside it, except Llama4's (0.6.6: ``csrc/..._routing_
+  {renormalize,deepseek}.cu``; 0.6.7: ``fused_moe/trtllm_backend/`` and its
+  ``routing{DeepSeek,Renormalize}/``; 0.6.8 - 0.6.18: ``..._routing_{common,
+  custom,deepseek}.cu``; 0.7.x: ``..._routing_{common,deepseek}.cu`` and
+  ``..._routing_custom_{block,cluster,cluster_large,entry}.cu``). That is the
+  list FlashInfer 0.7's own standalone routing module compiles
+  (``gen_trtllm_gen_routing_module`` in ``flashinfer/jit/fused_moe.py``) less
+  its TVM-FFI binding; the other files with "routing" in their name (0.7's
+  ``trtllm_fused_moe_routing_binding.cu``, which needs the real TVM FFI, and
+  ``cake_deepseek_fused_routing*``, a separate fused op) are not built;
+* ``Routing::Runner`` itself, from its own file in 0.7.x
+  (``fused_moe/trtllm_backend/trtllm_fused_moe_routing_runner.cu``: "split out
+  of trtllm_fused_moe_runner.cu so it can be linked into the standalone
+  trtllm_gen_routing module", its opening comment says) or, up to 0.6.x,
+  from ``csrc/trtllm_fused_moe_runner.cu``: the text up to ``namespace
+  PermuteGemm1`` (its includes and the whole ``namespace Routing``); so the
+  routing options each release sets (PDL, the packed top-k buffer, the
+  normalisation epsilon of 0.6.15 on) are its own;
 * the driver, whose call of ``Runner::run`` is written from the parameter names
   the release's ``runner.h`` declares (the list grows between releases).
 
@@ -20,10 +32,14 @@ TVM check macros of ``run(Data const&, void*)``; ours throws, and the driver
 reports the message) and Llama4's ``run``, which the runner calls for a method
 this check never uses. FlashInfer's JIT flags, with the local GPU's arch.
 
-The trtllm-gen batched-GEMM headers (``DtypeDecl.h``: the dtype enum the
-routing data carries) are not in the flashinfer-python wheel from 0.6.8 on:
-FlashInfer fetches them with its cubins. They are looked up in flashinfer-cubin,
-FlashInfer's cubin cache, or ``--trtllm-headers``.
+The trtllm-gen batched-GEMM headers (``trtllmGen_bmm_export``: the dtype enum
+the routing data carries, ``DtypeDecl.h`` and what it includes) are not in the
+flashinfer-python wheel from 0.6.8 on: FlashInfer fetches them with its cubins
+(0.7.x at JIT time, into its cubin cache; flashinfer-cubin ships them for
+0.6.x). They are looked up where FlashInfer itself reads them
+(``FLASHINFER_CUBIN_DIR``, flashinfer-cubin, ``~/.cache/flashinfer/cubins``,
+``jit/env.py``), under the artifact the release names (``artifacts.py``), or
+taken from ``--trtllm-headers``.
 
 Binaries are cached per FlashInfer version, arch and build recipe under
 ``~/.cache/vllm-moe-routing/routing-kernels/``; the compiles take minutes of
@@ -73,7 +89,25 @@ FLAGS = (
 
 BMM_EXPORT = "trtllmGen_bmm_export"
 RUNNER_HEADER = "include/flashinfer/trtllm/fused_moe/runner.h"
+#: ``Routing::Runner`` with the GEMM runners after it (FlashInfer 0.6.x).
 RUNNER_SOURCE = "csrc/trtllm_fused_moe_runner.cu"
+#: ``Routing::Runner`` alone (FlashInfer 0.7.0 on).
+ROUTING_RUNNER_SOURCE = (
+    "csrc/fused_moe/trtllm_backend/trtllm_fused_moe_routing_runner.cu"
+)
+#: The DeepSeek routing kernels: every release has them, next to the others.
+DEEPSEEK_KERNELS = "trtllm_fused_moe_routing_deepseek.cu"
+#: What the routing code includes from ``trtllmGen_bmm_export`` (``nvcc -M``
+#: of every unit, FlashInfer 0.7.4: runner.h, RoutingKernel.h and DevKernel.h
+#: include DtypeDecl.h and SfLayoutDecl.h, DtypeDecl.h includes MmaDecl.h, and
+#: that CommonUtils.h). FlashInfer 0.7 fetches them with the rest of its
+#: ``BMM_EXPORT_HEADERS`` (``jit/fused_moe.py``).
+ROUTING_BMM_HEADERS = (
+    "trtllm/gen/DtypeDecl.h",
+    "trtllm/gen/MmaDecl.h",
+    "trtllm/gen/CommonUtils.h",
+    "trtllm/gen/SfLayoutDecl.h",
+)
 COMMON_SOURCES = ("envUtils.cpp", "logger.cpp", "stringUtils.cpp", "tllmException.cpp")
 
 #: The driver's variable for each ``Routing::Runner::run`` parameter a release
@@ -133,13 +167,44 @@ class Sources:
     root: Path  # .../flashinfer/data
     version: str
 
-    def routing_files(self) -> list[Path]:
+    @property
+    def runner_source(self) -> Path:
+        """The file that defines ``Routing::Runner::run``: its own file from
+        FlashInfer 0.7.0, ``trtllm_fused_moe_runner.cu`` before."""
+        split = self.root / ROUTING_RUNNER_SOURCE
+        return split if split.is_file() else self.root / RUNNER_SOURCE
+
+    def kernel_folder(self) -> Path:
+        """The folder of the routing kernels: where the DeepSeek ones are
+        (``csrc`` up to 0.6.6, ``csrc/fused_moe/trtllm_backend`` from 0.6.7)."""
         csrc = self.root / "csrc"
+        found = sorted(csrc.rglob(DEEPSEEK_KERNELS))
+        if len(found) != 1:
+            where = ", ".join(str(p.relative_to(csrc)) for p in found) or "none"
+            raise NotBuildable(
+                f"unrecognised FlashInfer source layout under {csrc}: expected one "
+                f"{DEEPSEEK_KERNELS} (the routing kernels' folder), found {where}"
+            )
+        return found[0].parent
+
+    def routing_files(self) -> list[Path]:
+        """The routing kernels ``Routing::Runner`` calls: the
+        ``trtllm_fused_moe_routing_*.cu`` files of the kernels' folder and the
+        ``.cu`` files of its ``routing*/`` folders (0.6.7), without Llama4's
+        (stood in for), the runner (built from ``runner_source``) and a TVM-FFI
+        binding (it needs the real TVM FFI; 0.7's sits in ``csrc``)."""
+        folder = self.kernel_folder()
+        found = list(folder.glob("trtllm_fused_moe_routing_*.cu"))
+        for sub in sorted(folder.glob("routing*")):
+            if sub.is_dir():
+                found += sub.glob("*.cu")
+        skipped = (self.runner_source.resolve(),)
         return sorted(
             path
-            for path in csrc.rglob("*.cu")
-            if "routing" in path.relative_to(csrc).as_posix().lower()
-            and "llama4" not in path.name.lower()
+            for path in found
+            if "llama4" not in path.relative_to(folder).as_posix().lower()
+            and not path.name.endswith("_binding.cu")
+            and path.resolve() not in skipped
         )
 
 
@@ -161,11 +226,18 @@ def find_sources(
     else:
         base = Path(include)
     candidates = [base / "data", base / "flashinfer" / "data", base]
-    root = next((c for c in candidates if (c / RUNNER_SOURCE).is_file()), None)
+    root = next(
+        (
+            c
+            for c in candidates
+            if (c / ROUTING_RUNNER_SOURCE).is_file() or (c / RUNNER_SOURCE).is_file()
+        ),
+        None,
+    )
     if root is None:
         raise NotBuildable(
-            f"no FlashInfer sources ({RUNNER_SOURCE}) under {base}: the routing "
-            "check compiles the wheel's own kernels"
+            f"no FlashInfer sources ({ROUTING_RUNNER_SOURCE} or {RUNNER_SOURCE}) "
+            f"under {base}: the routing check compiles the wheel's own kernels"
         )
     if version is None:  # the wheel's flashinfer/_build_meta.py: __version__ = "0.6.6"
         meta = root.parent / "_build_meta.py"
@@ -242,18 +314,31 @@ def routing_runner_header(runner_h: str) -> str:
     return head + "}  // namespace Routing\n" + CLOSE
 
 
-def routing_runner_source(runner_cu: str) -> str:
-    """The wheel's ``Routing`` namespace of ``trtllm_fused_moe_runner.cu``, with
-    its includes (``runner.h`` as ``routing_runner_header``); the GEMM runners
-    after it are left out (they need the trtllm-gen GEMM library, which routing
-    does not use)."""
+def routing_runner_source(runner_cu: str, name: str = RUNNER_SOURCE) -> str:
+    """``Routing::Runner``'s definition with its includes, ``runner.h`` as
+    ``routing_runner_header``. FlashInfer 0.7 gives it a file of its own
+    (``ROUTING_RUNNER_SOURCE``), kept whole; before, it opens
+    ``trtllm_fused_moe_runner.cu``, whose GEMM runners after it are left out
+    (they need the trtllm-gen GEMM library, which routing does not use)."""
     head, found, _ = runner_cu.partition("namespace PermuteGemm1 {")
-    if not found or "namespace Routing {" not in head or RUNNER_INCLUDE not in head:
-        raise NotBuildable("unrecognised trtllm_fused_moe_runner.cu layout")
-    head = GEMM_INCLUDE.sub("", head).replace(
+    if found:
+        head += CLOSE
+    else:  # 0.7.x: the runner's own file, closing its namespaces itself
+        head = runner_cu
+    if (
+        "namespace Routing {" not in head
+        or "Runner::run(" not in head
+        or RUNNER_INCLUDE not in head
+    ):
+        raise NotBuildable(
+            f"unrecognised {Path(name).name} layout: expected the definition of "
+            f"Routing::Runner::run, with {RUNNER_INCLUDE}, in a namespace Routing "
+            "(FlashInfer 0.6.x: before namespace PermuteGemm1 in "
+            f"{Path(RUNNER_SOURCE).name}; 0.7.x: {Path(ROUTING_RUNNER_SOURCE).name})"
+        )
+    return GEMM_INCLUDE.sub("", head).replace(
         RUNNER_INCLUDE, '#include "routing_runner.h"'
     )
-    return head + CLOSE
 
 
 def routing_methods(runner_h: str) -> dict[str, int]:
@@ -282,38 +367,89 @@ def bmm_headers(
     explicit: str | os.PathLike[str] | None,
     environ: Mapping[str, str],
 ) -> Path:
-    """The ``trtllmGen_bmm_export`` folder: in the wheel (up to ~0.6.4), the one
-    ``--trtllm-headers`` names, flashinfer-cubin's, or FlashInfer's cubin cache,
-    preferring the artifact this release names (``artifacts.py``)."""
+    """The ``trtllmGen_bmm_export`` folder: in the wheel (up to ~0.6.4), under
+    the folder ``--trtllm-headers`` names, or in one of FlashInfer's cubin
+    folders (``cubin_folders``) under the artifact this release names
+    (``artifacts.py``). A folder counts only with every header the routing
+    code includes (``ROUTING_BMM_HEADERS``): FlashInfer 0.7 fetches the
+    headers one by one, so a cache can hold some of them."""
     in_wheel = sources.root / "include/flashinfer/trtllm/batched_gemm" / BMM_EXPORT
     if in_wheel.is_dir():
         return in_wheel
+    artifact = _bmm_artifact(sources)
     if explicit is not None:
         path = Path(explicit)
-        found = path if path.name == BMM_EXPORT else next(path.rglob(BMM_EXPORT), None)
-        if found is None or not found.is_dir():
-            raise NotBuildable(f"no {BMM_EXPORT} folder under {path}")
-        return found
-    artifact = _bmm_artifact(sources)
-    roots = []
+        candidates = [path] if path.name == BMM_EXPORT else []
+        if artifact:
+            candidates.append(path / artifact / "include" / BMM_EXPORT)
+        candidates += sorted(path.rglob(BMM_EXPORT))
+        for candidate in candidates:
+            if not _missing_headers(candidate):
+                return candidate
+        raise NotBuildable(
+            f"--trtllm-headers {path}: no {BMM_EXPORT} folder there with "
+            f"{', '.join(ROUTING_BMM_HEADERS)}"
+            + (
+                f" ({candidates[0]} lacks {', '.join(_missing_headers(candidates[0]))})"
+                if candidates
+                else ""
+            )
+        )
+    if artifact is None:
+        raise NotBuildable(
+            f"needs the trtllm-gen batched-GEMM headers ({BMM_EXPORT}: "
+            f"{', '.join(ROUTING_BMM_HEADERS)}), which the flashinfer-python wheel "
+            f"does not ship, and {sources.root.parent / 'artifacts.py'} names no "
+            "batched-GEMM artifact to find them by: pass --trtllm-headers"
+        )
+    looked = []
+    for where, root in cubin_folders(environ):
+        folder = root / artifact / "include" / BMM_EXPORT
+        missing = _missing_headers(folder)
+        if not missing:
+            return folder
+        state = "lacks " + ", ".join(missing) if folder.is_dir() else "absent"
+        looked.append(f"{folder} ({where}: {state})")
+    raise NotBuildable(
+        f"needs the trtllm-gen batched-GEMM headers {', '.join(ROUTING_BMM_HEADERS)} "
+        f"of FlashInfer {sources.version}'s artifact {artifact} "
+        f"(include/{BMM_EXPORT}/), which the flashinfer-python wheel does not "
+        f"ship; looked in {'; '.join(looked)}. FlashInfer 0.7 fetches them into "
+        "its cubin cache when it first builds its fused-MoE or routing module "
+        "(or with `python -m flashinfer download-cubin`); flashinfer-cubin ships "
+        "them for 0.6.x releases; or pass --trtllm-headers PATH (another "
+        "release's folder serves if it compiles: the routing code uses only its "
+        "Dtype enum, and the driver is built against the same copy)"
+    )
+
+
+def cubin_folders(environ: Mapping[str, str]) -> list[tuple[str, Path]]:
+    """Where FlashInfer keeps its cubins and the headers fetched with them, in
+    the order it reads them (``_get_cubin_dir`` in ``flashinfer/jit/env.py``,
+    0.6.x and 0.7.x): ``FLASHINFER_CUBIN_DIR``, the flashinfer-cubin package
+    (FlashInfer ignores one of another version; its artifact folder is
+    release-specific anyway), then ``.cache/flashinfer/cubins`` under
+    ``FLASHINFER_WORKSPACE_BASE`` or the home folder."""
+    folders = []
+    if environ.get("FLASHINFER_CUBIN_DIR"):
+        folders.append(("FLASHINFER_CUBIN_DIR", Path(environ["FLASHINFER_CUBIN_DIR"])))
     spec = importlib.util.find_spec("flashinfer_cubin")
     if spec is not None and spec.submodule_search_locations:
-        roots.append(Path(next(iter(spec.submodule_search_locations))) / "cubins")
-    cubin_dir = environ.get("FLASHINFER_CUBIN_DIR")
-    roots.append(
-        Path(cubin_dir) if cubin_dir else Path.home() / ".cache/flashinfer/cubins"
-    )
-    for root in roots:
-        if artifact and (root / artifact / "include" / BMM_EXPORT).is_dir():
-            return root / artifact / "include" / BMM_EXPORT
-    raise NotBuildable(
-        "needs the trtllm-gen batched-GEMM headers FlashInfer fetches with its cubins "
-        f"({artifact or 'batched_gemm'}/include/{BMM_EXPORT}): install the matching "
-        "flashinfer-cubin, or pass --trtllm-headers"
-    )
+        package = Path(next(iter(spec.submodule_search_locations)))
+        folders.append(("flashinfer-cubin", package / "cubins"))
+    base = environ.get("FLASHINFER_WORKSPACE_BASE") or environ.get("HOME")
+    cache = Path(base) if base else Path.home()
+    folders.append(("FlashInfer's cubin cache", cache / ".cache/flashinfer/cubins"))
+    return folders
+
+
+def _missing_headers(folder: Path) -> list[str]:
+    return [h for h in ROUTING_BMM_HEADERS if not (folder / h).is_file()]
 
 
 def _bmm_artifact(sources: Sources) -> str | None:
+    """``ArtifactPath.TRTLLM_GEN_BMM`` of the wheel's ``artifacts.py``, e.g.
+    ``8ee5.../batched_gemm-fdba669-16ba8ed`` (0.7.2.post1 and 0.7.4)."""
     artifacts = sources.root.parent / "artifacts.py"
     if not artifacts.is_file():
         return None
@@ -414,15 +550,16 @@ def build(
         target = stage / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
-        if path.parent != csrc:  # the kernels' own headers next to them (0.6.7)
+        if path.parent != csrc:  # the kernels' own headers next to them (0.6.7 on)
             for sibling in path.parent.glob("*.cuh"):
                 shutil.copyfile(sibling, target.parent / sibling.name)
         units.append(target)
     shutil.copyfile(TVM_STUB, stage / TVM_STUB.name)
     runner_h = (sources.root / RUNNER_HEADER).read_text()
     (stage / "routing_runner.h").write_text(routing_runner_header(runner_h))
+    runner = sources.runner_source
     (stage / "routing_runner.cu").write_text(
-        routing_runner_source((sources.root / RUNNER_SOURCE).read_text())
+        routing_runner_source(runner.read_text(), runner.name)
     )
     (stage / "llama4_stub.cu").write_text(LLAMA4_STUB)
     (stage / "routing_call.h").write_text(

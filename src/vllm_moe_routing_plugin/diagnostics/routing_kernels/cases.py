@@ -21,6 +21,19 @@
   release has MiniMax2 routing (0.6.8 on).
 * Controls: random logits for each method, and the GLM-like scores without the
   large bias (no cancellation: what FlashInfer's sigmoid makes of them).
+* A measured limit, not a catalogue entry: the precision of FlashInfer's
+  routing sigmoid itself, ``0.5f * tanhf(0.5f * x) + 0.5f``
+  (``sigmoid_accurate`` in ``RoutingKernel.cuh``, 0.6.x and 0.7.x), which the
+  kernels' ``-use_fast_math`` makes ``tanh.approx.f32``: on an H200 it is 0
+  below a logit of about -16 and 25 % off at -15 to -14
+  (``scripts/sigmoid_probe.cu``). Each token routes one expert at logit 0
+  (sigmoid 0.5, exact) and ``top_k - 1`` at logits drawn from -24 to -4, all
+  in the first group, with a zero bias (so no ``(s + b) - b`` rounding,
+  flashinfer#3875, enters); the weight each of those gets, next to the
+  anchor's, is about twice its sigmoid, so its error is the sigmoid's as it
+  reaches the GEMMs. ``check.measure_sigmoid`` reports, per band of logits,
+  how many came back 0 and how far off the rest are, with and without
+  groups (the custom and the grouped DeepSeek kernels each compute it).
 
 Logits are bf16 for Renormalize and fp32 for the sigmoid methods, biases bf16,
 as vLLM hands them to FlashInfer.
@@ -37,8 +50,16 @@ if TYPE_CHECKING:
     import torch
 
 Method = Literal["Renormalize", "DeepSeekV3", "MiniMax2"]
-Logits = Literal["randn", "negative", "underflow", "small"]
-Bias = Literal["none", "small", "large"]
+Logits = Literal["randn", "negative", "underflow", "small", "bands"]
+Bias = Literal["none", "small", "large", "zero"]
+Measure = Literal["sigmoid"]
+
+#: The sigmoid-limit cases: the band of logits the ``top_k - 1`` measured
+#: experts are drawn from, the anchor's logit, and every other expert's
+#: (FlashInfer's sigmoid and the exact one are both below 1e-43 there).
+BAND_LOGITS = (-24.0, -4.0)
+ANCHOR_LOGIT = 0.0
+OTHER_LOGIT = -100.0
 
 
 @dataclass(frozen=True)
@@ -54,6 +75,7 @@ class RoutingCase:
     scale: float = 1.0
     bug: str | None = None  # the catalogue entry whose layers this is; None: control
     seed: int = 0
+    measures: Measure | None = None  # a measured limit, reported, never a failure
 
     @property
     def name(self) -> str:
@@ -89,10 +111,23 @@ class RoutingCase:
             x = -100.0 - 10.0 * torch.rand(shape, generator=generator)
         elif self.logits == "small":  # sigmoid 2.3e-6 - 3.7e-6
             x = -13.0 + 0.5 * torch.rand(shape, generator=generator)
+        elif self.logits == "bands":  # the anchor and top_k - 1 in the first group
+            group = self.experts // max(self.n_group, 1)
+            planted = torch.argsort(torch.rand(self.tokens, group, generator=generator))
+            planted = planted[:, : self.top_k]
+            low, high = BAND_LOGITS
+            band = low + (high - low) * torch.rand(
+                (self.tokens, self.top_k - 1), generator=generator
+            )
+            x = torch.full(shape, OTHER_LOGIT)
+            x.scatter_(1, planted[:, :1], ANCHOR_LOGIT)
+            x.scatter_(1, planted[:, 1:], band)
         else:
             x = torch.randn(shape, generator=generator)
         if self.bias == "large":  # GLM-5's biases are ~11 - 35
             b = 12.0 + 2.0 * torch.rand(self.experts, generator=generator)
+        elif self.bias == "zero":
+            b = torch.zeros(self.experts)
         else:
             b = 0.05 * torch.randn(self.experts, generator=generator)
         bias = None if self.bias == "none" else b.to(torch.bfloat16)
@@ -116,12 +151,25 @@ def _sigmoid(
     groups: bool = False,
     scale: float = 1.0,
     bug: str | None = None,
+    measures: Measure | None = None,
 ) -> list[RoutingCase]:
     n_group, topk_group = (8, 4) if groups else (1, 1)
     if method == "MiniMax2":
         n_group, topk_group = 0, 0
     return [
-        RoutingCase(method, 256, 8, t, logits, bias, n_group, topk_group, scale, bug)
+        RoutingCase(
+            method,
+            256,
+            8,
+            t,
+            logits,
+            bias,
+            n_group,
+            topk_group,
+            scale,
+            bug,
+            measures=measures,
+        )
         for t in tokens
     ]
 
@@ -155,6 +203,9 @@ CASES: tuple[RoutingCase, ...] = (
     *_sigmoid("DeepSeekV3", (1, 300, 2048), "randn", "small"),
     *_sigmoid("DeepSeekV3", (1, 300, 2048), "randn", "small", groups=True),
     *_sigmoid("MiniMax2", (300,), "randn", "small"),
+    # the precision of FlashInfer's sigmoid: a measured limit, no catalogue entry
+    *_sigmoid("DeepSeekV3", (2048,), "bands", "zero", measures="sigmoid"),
+    *_sigmoid("DeepSeekV3", (2048,), "bands", "zero", groups=True, measures="sigmoid"),
 )
 
 
@@ -171,6 +222,7 @@ def quick(cases: tuple[RoutingCase, ...] = CASES) -> tuple[RoutingCase, ...]:
             case.n_group,
             case.scale,
             case.bug,
+            case.measures,
         )
         kept.setdefault(key, []).append(case)
     return tuple(
