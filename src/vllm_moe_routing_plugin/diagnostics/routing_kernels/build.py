@@ -653,10 +653,12 @@ def build(
 
 
 def _link(link: Path, target: Path) -> None:
-    """Point ``link`` at ``target`` (a cache copied from another machine holds
-    links to its paths)."""
+    """Point ``link`` at ``target``, by its absolute path: a relative one (as
+    ``--trtllm-headers`` may give) would be read from the link's own folder.
+    A cache copied from another machine holds links to its paths."""
+    target = target.resolve()
     if link.is_symlink() or link.exists():
-        if link.resolve() == target.resolve():
+        if link.resolve() == target:
             return
         link.unlink()
     link.symlink_to(target, target_is_directory=target.is_dir())
