@@ -76,6 +76,35 @@ def test_invalid_setting_exits_1(status):
     assert "VLLM_MOE_ROUTING_RENORMALIZE='sometimes' is not valid" in result.stdout
 
 
+def test_a_misspelt_setting_is_a_row_and_a_problem_and_exits_1(status):
+    env = {"VLLM_MOE_ROUTING_KNOWN_BUG": "flashinfer#3946=guard"}
+    text = status(env=env)
+    assert text.returncode == 1
+    message = (
+        "VLLM_MOE_ROUTING_KNOWN_BUG is not a setting of the plugin or vLLM (did you "
+        "mean VLLM_MOE_ROUTING_KNOWN_BUGS?); ignored"
+    )
+    assert f"problem   {message}" in text.stdout.splitlines()
+    assert (
+        "  VLLM_MOE_ROUTING_KNOWN_BUG          'flashinfer#3946=guard' -> ignored  "
+        "NOT A SETTING (see problem)"
+    ) in text.stdout.splitlines()
+    data = json.loads(status("--json", env=env).stdout)
+    row = [s for s in data["settings"] if s["name"] == "VLLM_MOE_ROUTING_KNOWN_BUG"]
+    assert row == [
+        {
+            "name": "VLLM_MOE_ROUTING_KNOWN_BUG",
+            "raw": "flashinfer#3946=guard",
+            "value": None,
+            "valid": False,
+            "problem": message,
+            "shown": "ignored",
+            "default": True,
+        }
+    ]
+    assert message in data["problems"]
+
+
 def test_plugins_allow_list_with_spaces_exits_1(status):
     result = status(
         "--json", env={"VLLM_PLUGINS": "lora_filesystem_resolver, moe_routing"}

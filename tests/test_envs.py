@@ -1,4 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
+import sys
+
 import pytest
 
 from vllm_moe_routing_plugin import envs
@@ -179,3 +181,59 @@ def test_values_are_shown_as_the_user_writes_them(name, raw, shown):
     config = envs.read({} if raw is None else {name: raw})
     reading = next(r for r in config.readings if r.name == name)
     assert envs.show(name, reading.value) == shown
+
+
+@pytest.mark.parametrize(
+    ("name", "meant"),
+    [
+        ("VLLM_MOE_ROUTING_PLUGIN_DISABL", envs.DISABLE_VAR),
+        ("VLLM_MOE_ROUTING_DISABLE", envs.DISABLE_VAR),
+        ("VLLM_MOE_ROUTING_KNOWN_BUG", envs.KNOWN_BUGS_VAR),
+        ("VLLM_MOE_ROUTING_RENORMALISE", envs.RENORMALIZE_VAR),
+        ("VLLM_MOE_ROUTING_CAPABILITY", envs.DEVICE_CAPABILITY_VAR),
+        ("VLLM_MOE_ROUTING_BUILD_JOB", envs.BUILD_JOBS_VAR),
+    ],
+)
+def test_a_misspelt_setting_is_named_with_the_one_it_most_likely_meant(name, meant):
+    """A misspelt name would otherwise do nothing, silently: ``..._DISABL=1``
+    leaves the plugin on. It still changes nothing: it is reported."""
+    config = envs.read({name: "1"})
+    assert config.problems == (
+        f"{name} is not a setting of the plugin or vLLM "
+        f"(did you mean {meant}?); ignored",
+    )
+    found = [(u.name, u.raw, u.meant) for u in config.undefined]
+    assert found == [(name, "1", meant)]
+    assert config.disabled is False
+    assert config.bug_actions == ()
+
+
+def test_a_name_close_to_none_lists_the_settings():
+    config = envs.read({"VLLM_MOE_ROUTING_XYZZY": "3"})
+    assert config.problems == (
+        "VLLM_MOE_ROUTING_XYZZY is not a setting of the plugin or vLLM (the "
+        "plugin's settings are VLLM_MOE_ROUTING_PLUGIN_DISABLE, "
+        "VLLM_MOE_ROUTING_RENORMALIZE, VLLM_MOE_ROUTING_DEVICE_CAPABILITY, "
+        "VLLM_MOE_ROUTING_KNOWN_BUGS); ignored",
+    )
+
+
+def test_names_someone_defines_are_not_reported(monkeypatch):
+    """The plugin's settings, verify's build settings, vLLM's routing
+    simulator, and whatever ``vllm.envs`` defines with the prefix (when vLLM
+    is loaded; a stand-in module here)."""
+    vllm_envs = type(sys)("vllm.envs")
+    vllm_envs.environment_variables = {"VLLM_MOE_ROUTING_NEW_IN_VLLM": lambda: None}
+    monkeypatch.setitem(sys.modules, "vllm.envs", vllm_envs)
+    defined = [v.name for v in envs.VARIABLES] + [
+        "VLLM_MOE_ROUTING_CACHE",
+        "VLLM_MOE_ROUTING_BUILD_JOBS",
+        "VLLM_MOE_ROUTING_SPLIT_COMPILE",
+        "VLLM_MOE_ROUTING_SIMULATION_STRATEGY",
+        "VLLM_MOE_ROUTING_NEW_IN_VLLM",
+        "VLLM_MOE_ROUTING",  # no underscore after: not the prefix
+        "VLLM_OTHER_SETTING",
+    ]
+    config = envs.read(dict.fromkeys(defined, "1"))
+    assert config.undefined == ()
+    assert not [p for p in config.problems if "not a setting" in p]

@@ -107,3 +107,19 @@ def test_an_unreadable_off_switch_is_a_warning_and_disables(monkeypatch, records
 
 def _enable():
     return policy.Decision("enable", "test")
+
+
+def test_a_misspelt_setting_is_one_warning_naming_the_setting_meant(
+    monkeypatch, records
+):
+    """Through vLLM's own ``vllm.envs``: vLLM's VLLM_MOE_ROUTING_SIMULATION_STRATEGY
+    is vLLM's, not a misspelling."""
+    monkeypatch.setenv("VLLM_MOE_ROUTING_PLUGIN_DISABL", "1")
+    monkeypatch.setenv("VLLM_MOE_ROUTING_SIMULATION_STRATEGY", "uniform_random")
+    monkeypatch.setenv("VLLM_MOE_ROUTING_DEVICE_CAPABILITY", "10.0")
+    register()
+    assert records.lines(logging.WARNING) == [
+        "moe_routing: VLLM_MOE_ROUTING_PLUGIN_DISABL is not a setting of the plugin "
+        "or vLLM (did you mean VLLM_MOE_ROUTING_PLUGIN_DISABLE?); ignored"
+    ]
+    assert activation.current().decision.action != "disabled"

@@ -314,11 +314,16 @@ def test_0_7_builds_the_runner_and_its_kernels_only(tmp_path, monkeypatch, given
     }
     if given == "relative":  # --trtllm-headers bmm/trtllmGen_bmm_export
         monkeypatch.chdir(tmp_path)
-        binary = build.build(sources, "sm_90a", env, trtllm_headers=folder.relative_to(tmp_path))
+        binary = build.build(
+            sources, "sm_90a", env, trtllm_headers=folder.relative_to(tmp_path)
+        )
     else:
         binary = build.build(sources, "sm_90a", env, trtllm_headers=folder)
     linked = binary.parent / "include/flashinfer/trtllm/batched_gemm" / build.BMM_EXPORT
-    assert linked.resolve() == folder.resolve() and (linked / build.ROUTING_BMM_HEADERS[0]).is_file()
+    assert (
+        linked.resolve() == folder.resolve()
+        and (linked / build.ROUTING_BMM_HEADERS[0]).is_file()
+    )
     compiled = [Path(json.loads(line)) for line in log.read_text().splitlines()]
     stage = binary.parent / "src"
     units = sorted(p.relative_to(stage).as_posix() for p in compiled)
@@ -336,4 +341,3 @@ def test_0_7_builds_the_runner_and_its_kernels_only(tmp_path, monkeypatch, given
     info = json.loads(binary.with_suffix(".json").read_text())
     assert info["version"] == "0.7.4" and info["methods"]["MiniMax2"] == 7
     assert info["trtllm_headers"] == str(folder.resolve())
-

@@ -14,6 +14,7 @@ off, and a list keeps its valid items beside an invalid one.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,18 @@ DISABLE_VAR = "VLLM_MOE_ROUTING_PLUGIN_DISABLE"
 RENORMALIZE_VAR = "VLLM_MOE_ROUTING_RENORMALIZE"
 DEVICE_CAPABILITY_VAR = "VLLM_MOE_ROUTING_DEVICE_CAPABILITY"
 KNOWN_BUGS_VAR = "VLLM_MOE_ROUTING_KNOWN_BUGS"
+#: The prefix of the plugin's variables: a variable with it that nobody
+#: defines is most likely one of them misspelt (``UndefinedVariable``).
+PREFIX = "VLLM_MOE_ROUTING_"
+#: ``vllm-moe-routing verify``'s build settings (docs/verify.md), read by
+#: ``diagnostics.routing_kernels.build`` only.
+BUILD_CACHE_VAR = "VLLM_MOE_ROUTING_CACHE"
+BUILD_JOBS_VAR = "VLLM_MOE_ROUTING_BUILD_JOBS"
+SPLIT_COMPILE_VAR = "VLLM_MOE_ROUTING_SPLIT_COMPILE"
+#: vLLM's own variables with the prefix (``vllm/envs.py``: the routing
+#: simulator, a testing aid, 0.11 on); others vLLM defines are found in
+#: ``vllm.envs.environment_variables`` where vLLM is loaded.
+VLLM_OWN_VARS = ("VLLM_MOE_ROUTING_SIMULATION_STRATEGY",)
 
 Capability = tuple[int, int]
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
@@ -299,7 +312,10 @@ class Reading:
 class Settings:
     """The plugin's settings for this process."""
 
-    __slots__ = ("bug_actions", "capabilities", "disabled", "readings", "renormalize")
+    __slots__ = (
+        "bug_actions", "capabilities", "disabled", "readings", "renormalize",
+        "undefined",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -308,18 +324,79 @@ class Settings:
         capabilities: tuple[Capability, ...] | None = None,
         readings: tuple[Reading, ...] = (),
         bug_actions: tuple[tuple[str, BugAction], ...] = (),
+        undefined: tuple[UndefinedVariable, ...] = (),
     ) -> None:
         self.disabled = disabled
         self.renormalize = renormalize
         self.capabilities = capabilities
         self.readings = readings
         self.bug_actions = bug_actions  # (entry id, action) the user asked for
+        self.undefined = undefined  # set, with the prefix, defined by no one
 
     @property
     def problems(self) -> tuple[str, ...]:
         """One message per invalid variable, or per invalid or repeated item
-        of a list, naming the variable, the text and what is used instead."""
-        return tuple(message for r in self.readings for message in r.messages)
+        of a list, naming the variable, the text and what is used instead;
+        then one per variable with the plugin's prefix that nothing defines."""
+        messages = tuple(message for r in self.readings for message in r.messages)
+        return messages + tuple(u.message for u in self.undefined)
+
+
+class UndefinedVariable:
+    """A ``VLLM_MOE_ROUTING_*`` variable set in the environment that neither
+    the plugin nor vLLM defines: a misspelt setting does nothing, and would
+    otherwise do it silently (``..._PLUGIN_DISABL=1`` leaves the plugin on)."""
+
+    __slots__ = ("meant", "name", "raw")
+
+    def __init__(self, name: str, raw: str, meant: str | None) -> None:
+        self.name = name
+        self.raw = raw
+        self.meant = meant  # the defined name it most likely stands for
+
+    @property
+    def message(self) -> str:
+        guess = (
+            f"did you mean {self.meant}?"
+            if self.meant
+            else (f"the plugin's settings are {', '.join(v.name for v in VARIABLES)}")
+        )
+        return f"{self.name} is not a setting of the plugin or vLLM ({guess}); ignored"
+
+
+def defined_names() -> tuple[str, ...]:
+    """Every variable with the plugin's prefix that has a meaning: the
+    plugin's settings, verify's build settings and vLLM's own."""
+    names = [v.name for v in VARIABLES]
+    names += [BUILD_CACHE_VAR, BUILD_JOBS_VAR, SPLIT_COMPILE_VAR, *VLLM_OWN_VARS]
+    vllm_envs = sys.modules.get("vllm.envs")  # never imported here: read if loaded
+    table = getattr(vllm_envs, "environment_variables", None)
+    if isinstance(table, dict):
+        names += [n for n in table if isinstance(n, str) and n.startswith(PREFIX)]
+    return tuple(dict.fromkeys(names))
+
+
+def undefined_variables(env: Mapping[str, str]) -> tuple[UndefinedVariable, ...]:
+    """The variables of ``env`` with the plugin's prefix that nothing defines,
+    each with the defined name closest to it (``difflib``, imported only when
+    there is one: every vLLM process reads this)."""
+    strays = [n for n in env if n.startswith(PREFIX)]
+    if not strays:
+        return ()
+    names = defined_names()
+    strays = [n for n in strays if n not in names]
+    if not strays:
+        return ()
+    import difflib
+
+    # Compared without the prefix all share, which would make any name close.
+    suffixes = {name[len(PREFIX) :]: name for name in names}
+    found = []
+    for name in sorted(strays):
+        close = difflib.get_close_matches(name[len(PREFIX) :], suffixes, 1, 0.6)
+        meant = suffixes[close[0]] if close else None
+        found.append(UndefinedVariable(name, env[name], meant))
+    return tuple(found)
 
 
 def _reading(variable: Variable, raw: str) -> Reading:
@@ -341,7 +418,8 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
 
     Unset or empty variables take their defaults; invalid ones take their
     defaults (or what their parser says the user meant) and are listed in
-    ``Settings.problems``.
+    ``Settings.problems``, as are variables with the plugin's prefix that
+    nothing defines.
     """
     env = os.environ if environ is None else environ
     readings: list[Reading] = []
@@ -358,6 +436,7 @@ def read(environ: Mapping[str, str] | None = None) -> Settings:
         capabilities=by_name[DEVICE_CAPABILITY_VAR],
         readings=tuple(readings),
         bug_actions=by_name[KNOWN_BUGS_VAR],
+        undefined=undefined_variables(env),
     )
 
 

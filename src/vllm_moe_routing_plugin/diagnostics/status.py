@@ -427,7 +427,8 @@ def collect(
             __version__, decision, outcomes, pending, probed=not args.no_targets
         ),
         plugin=plugin,
-        settings=[_setting_row(r, honoured, bug_notes) for r in settings.readings],
+        settings=[_setting_row(r, honoured, bug_notes) for r in settings.readings]
+        + [_undefined_row(u) for u in settings.undefined],
         packages=installed,
         assumed_versions=assumed_versions,
         package_notes=[
@@ -489,6 +490,19 @@ def _setting_row(
         problem=problem,
         shown=envs.show(reading.name, value),
         default=value == _default(reading.name),
+    )
+
+
+def _undefined_row(variable: envs.UndefinedVariable) -> SettingRow:
+    """A variable with the plugin's prefix that nothing defines: set, and
+    ignored (``value`` None, ``shown`` "ignored")."""
+    return SettingRow(
+        name=variable.name,
+        raw=variable.raw,
+        value=None,
+        valid=False,
+        problem=variable.message,
+        shown="ignored",
     )
 
 
@@ -567,7 +581,9 @@ def render(status: StatusReport) -> str:
     for s in status.settings:
         raw = "unset" if s.raw is None else repr(s.raw)
         mark = ""
-        if not s.valid:
+        if s.shown == "ignored":
+            mark = "  NOT A SETTING (see problem)"
+        elif not s.valid:
             used = "default used" if s.default else "used as shown (see problem)"
             mark = f"  INVALID, {used}"
         add(f"  {s.name:<{name_width}}  {raw} -> {s.shown}{mark}")

@@ -60,12 +60,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from ... import envs
+
 HERE = Path(__file__).parent
 DRIVER = HERE / "routing_driver.cu"
 TVM_STUB = HERE / "tvm_ffi_utils.h"
-CACHE_ENV = "VLLM_MOE_ROUTING_CACHE"
-JOBS_ENV = "VLLM_MOE_ROUTING_BUILD_JOBS"
-SPLIT_ENV = "VLLM_MOE_ROUTING_SPLIT_COMPILE"
+CACHE_ENV = envs.BUILD_CACHE_VAR
+JOBS_ENV = envs.BUILD_JOBS_VAR
+SPLIT_ENV = envs.SPLIT_COMPILE_VAR
 
 FLAGS = (
     "-std=c++17",
