@@ -8,6 +8,8 @@ the layer being built is a stand-in object with the attributes vLLM's layer
 classes set: tests/test_layers.py proves the same on real vLLM layers."""
 
 import enum
+import importlib.util
+import linecache
 import logging
 from pathlib import Path
 from types import SimpleNamespace
@@ -106,9 +108,9 @@ def test_the_range_is_stated_once():
         "vLLM 0.22.0",
         "not yet",
     )
-    assert bugs.FLASHINFER_3875.in_range((0, 6, 17))
-    assert not bugs.FLASHINFER_3875.in_range((0, 6, 18))
-    assert not bugs.FLASHINFER_3875.in_range((0, 6, 7))
+    assert bugs.FLASHINFER_3875.in_range((0, 6, 17), vllm=None)
+    assert not bugs.FLASHINFER_3875.in_range((0, 6, 18), vllm=None)
+    assert not bugs.FLASHINFER_3875.in_range((0, 6, 7), vllm=None)
 
 
 def layer(method, experts=256, top_k=8, *, n_group=None, bias=False, scale=1.0):
@@ -572,18 +574,33 @@ def test_a_vllm_defect_in_range_is_planned_as_the_probe_and_its_rule_say(
 
 @pytest.mark.parametrize(
     ("vllm", "in_range"),
-    [("0.16.0", True), ("0.21.0", True), ("0.22.0rc1", False), ("0.22.0", False),
-     ("0.22.0.dev3", False), ("0.34.0", False), (None, True)],
+    [("0.16.0", True), ("0.21.0", True), ("0.22.0", False), ("0.34.0", False),
+     ("0.34.0+cu130", False), (None, True), ("0.22.0rc1", True),
+     ("0.22.0.dev3", True), ("0.1.dev7557+g1a2b3c4", True), ("0.15.1", True)],
 )  # fmt: skip
 def test_a_vllm_defects_known_range_decides_before_any_probe(vllm, in_range):
     """The range is data: a release outside it is never probed, whatever its
-    code (a probe confirms the range, never widens it); an unknown vLLM
-    version leaves the probe to decide."""
+    code (a probe confirms the range, never widens it). A version that does
+    not say which code it is (unknown, a pre-release or dev build, a source
+    build's ``0.1.devN``, one older than supported) leaves the probe to decide."""
     facts = Facts({"flashinfer-python": "0.7.4", "vllm": vllm}, B200)
     found = {f.bug.id: f for f in policy.decide(facts, envs.read({})).findings}
     assert found["vllm#43769"].in_range is in_range
     mxint4 = found["vllm#32437"].in_range  # >= 0.23.0, not fixed upstream
-    assert mxint4 is (vllm is None or Version(vllm).release >= (0, 23, 0))
+    said = vllm is None or Version(vllm).is_prerelease
+    said = said or Version(vllm).release < (0, 16)
+    assert mxint4 is (said or Version(vllm).release >= (0, 23, 0))
+
+
+def test_a_version_the_ranges_cannot_place_is_said_in_the_decision():
+    facts = Facts({"flashinfer-python": "0.7.4", "vllm": "0.1.dev7557+g1a2b3c4"}, B200)
+    reason = policy.decide(facts, envs.read({})).reason
+    assert reason.endswith(
+        "; vLLM 0.1.dev7557+g1a2b3c4 is a pre-release or a build the known ranges "
+        "cannot place: vLLM defects decided by probing its code"
+    )
+    proven = Facts({"flashinfer-python": "0.7.4", "vllm": "0.34.0+cu130"}, B200)
+    assert "probing" not in policy.decide(proven, envs.read({})).reason
 
 
 def test_widening_and_checking_one_class_undo_together():
@@ -643,3 +660,27 @@ def test_a_failing_layer_check_leaves_vllms_answer_and_warns_once(monkeypatch, r
         "vLLM's layer); vLLM's own answer stands for its layers"
     ]
     outcome.patch.undo()
+
+
+def test_a_source_file_changed_after_import_is_unknown_not_a_failure(tmp_path):
+    """``inspect.getsource`` reads the file as it is now: edited after import
+    (an unbalanced bracket from here on), it raises ``tokenize.TokenError``.
+    The probe says "unknown", so the entry's own rule applies and the other
+    entries at the target keep theirs."""
+    path = tmp_path / "edited_experts.py"
+    path.write_text(
+        "def kernel(**kwargs):\n    return kwargs\n\n\nclass Experts:\n"
+        "    def apply(self, router_logits):\n"
+        "        return kernel(routing_logits=router_logits)\n"
+    )
+    spec = importlib.util.spec_from_file_location("edited_experts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    call = bugs.KernelCall("Experts.apply", "kernel")
+    assert checks.probe_call(module, call, "routed_scaling_factor") == "drops"
+    path.write_text(
+        "def kernel(**kwargs):\n    return kwargs\n\n\nclass Experts:\n"
+        "    def apply(self, router_logits):\n        return kernel(\n"
+    )
+    linecache.checkcache(str(path))
+    assert checks.probe_call(module, call, "routed_scaling_factor") == "unknown"

@@ -13,8 +13,9 @@ is adding an entry, plus its tests. The evidence for each entry, read from
 the released FlashInfer and vLLM wheels, is in docs/known-bugs.md.
 
 Three things, one name each: an entry's *install range* (``in_range``: this
-FlashInfer has it), the *layers* it hits (``Layers.hits``), and the decision
-for one layer (``policy.LayerCheck.judge``).
+FlashInfer has it, or this vLLM is in its defect's known range), the
+*layers* it hits (``Layers.hits``), and the decision for one layer
+(``policy.LayerCheck.judge``).
 
 Methods are vLLM's ``RoutingMethodType`` member names; enum values move
 between vLLM releases.
@@ -324,7 +325,8 @@ class KnownBug:
     def in_range(
         self,
         flashinfer: tuple[int, ...] | None,
-        vllm: tuple[int, ...] | None = None,
+        *,
+        vllm: tuple[int, ...] | None,
     ) -> bool:
         """Whether this install is in the entry's known range: for a
         FlashInfer bug, whether a FlashInfer of release ``flashinfer``

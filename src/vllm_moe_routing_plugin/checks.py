@@ -228,6 +228,10 @@ def probe_call(module: ModuleType, call: KernelCall, keyword: str) -> Probe:
     which may carry it: vLLM 0.34's BF16 ``apply`` adds
     ``**self.gemm1_activation_params``).
 
+    A value passed by position, or a call of another function with the
+    callee's name, reads as "drops": the safe side (a layer guarded that
+    need not be, never one left unguarded).
+
     Read from the function's source with ``ast``, not from its bytecode, whose
     encoding of keyword names differs between Python versions and between
     calls with and without ``**``. Only a bug in vLLM's code in range of the
@@ -242,7 +246,7 @@ def probe_call(module: ModuleType, call: KernelCall, keyword: str) -> Probe:
     try:
         source = inspect.getsource(inspect.unwrap(owner))
         tree = ast.parse(textwrap.dedent(source))
-    except (OSError, TypeError, ValueError, SyntaxError):
+    except Exception:  # no source, or a file edited since (tokenize.TokenError)
         return "unknown"
     answers = {
         _keyword_in(node, keyword)

@@ -34,7 +34,7 @@ from .facts import (
     GpuReading,
 )
 from .layers import LayerFacts
-from .targets import NEWEST_PROVEN_VLLM
+from .targets import NEWEST_PROVEN_VLLM, OLDEST_SUPPORTED_VLLM
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
@@ -55,8 +55,9 @@ SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
 
 class Finding:
     """One catalogue entry against this install: ``in_range`` when this
-    FlashInfer has it (a bug in vLLM's code is always in range: probing vLLM's
-    code, when its module is imported, decides), and the action for the
+    FlashInfer has it, or, for a bug in vLLM's code, when this vLLM is in the
+    defect's known range (``defect_release``; probing vLLM's code, when its
+    module is imported, then confirms it per target), and the action for the
     layers it hits (``hidden_action`` where the layer's deciding values are
     not visible)."""
 
@@ -372,20 +373,20 @@ def bug_settings(settings: Settings) -> tuple[dict[str, BugAction], tuple[str, .
 
 def findings(
     version: Version | None,
-    renormalize: BugAction = "guard",
-    asked: Mapping[str, BugAction] | None = None,
-    vllm: Version | None = None,
+    renormalize: BugAction,
+    asked: Mapping[str, BugAction],
+    *,
+    vllm: Version | None,
 ) -> tuple[Finding, ...]:
     """Each catalogue entry against this FlashInfer (``version``; None:
     unknown) and this vLLM (``vllm``; None: unknown, where a bug in vLLM's
     code is then left to the probe) on an SM100/SM103 machine, with the action
     asked for it."""
-    asked = asked or {}
     found = []
     release = version.release if version is not None else None
-    vllm_release = vllm.release if vllm is not None else None
+    vllm_release = defect_release(vllm)
     for bug in KNOWN_BUGS:
-        in_range = bug.in_range(release, vllm_release)
+        in_range = bug.in_range(release, vllm=vllm_release)
         if _renormalize_bug(bug):
             found.append(Finding(bug, in_range, renormalize))
         elif bug.id in asked:
@@ -399,17 +400,42 @@ def findings(
     return tuple(found)
 
 
+def defect_release(vllm: Version | None) -> tuple[int, ...] | None:
+    """The release at which the known ranges of vLLM's defects are read; None
+    (in range: the probe of vLLM's code decides) where the version does not
+    say which code it is: a dev build (``0.22.0.dev3``, and ``0.1.devN`` from
+    a checkout without tags, vllm#9119), a pre-release (``0.22.0rc1`` may
+    predate the fix its release has), one older than the oldest supported.
+    A local label (``+cu130``) names a build of the release: it counts."""
+    if vllm is None or vllm.is_prerelease or vllm.release < OLDEST_SUPPORTED_VLLM:
+        return None
+    return vllm.release
+
+
 def unproven_notes(vllm: Version | None, flashinfer: Version | None) -> tuple[str, ...]:
     """What the decision says of a vLLM or FlashInfer newer than the newest
     release the plugin was proven on: it still decides (targets are found by
     their shape, the known bugs from their ranges), and says so; nothing for
-    a proven release. A dev build of the next release counts as newer."""
+    a proven release. A dev build of the next release counts as newer; one
+    whose version the ranges of vLLM's defects cannot place
+    (``defect_release``) has them decided by the probe, and says so too."""
     notes = []
+    placed = vllm is None or defect_release(vllm) is not None
+    defects = (
+        "vLLM defects from their known ranges"
+        if placed
+        else "vLLM defects by probing its code (a pre-release or build the "
+        "known ranges cannot place)"
+    )
     if vllm is not None and vllm.release > NEWEST_PROVEN_VLLM:
         notes.append(
             f"vLLM {vllm} is newer than the newest proven, "
-            f"{release_text(NEWEST_PROVEN_VLLM)}: targets found by shape, "
-            "vLLM defects from their known ranges"
+            f"{release_text(NEWEST_PROVEN_VLLM)}: targets found by shape, {defects}"
+        )
+    elif not placed:
+        notes.append(
+            f"vLLM {vllm} is a pre-release or a build the known ranges cannot "
+            "place: vLLM defects decided by probing its code"
         )
     if flashinfer is not None and flashinfer.release > NEWEST_PROVEN_FLASHINFER:
         notes.append(
@@ -454,7 +480,7 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     unproven = unproven_notes(vllm, version)
     gpus = "; ".join((gpus, *unproven))
     if settings.renormalize == "enable":
-        let_through = findings(version, "ignore", asked, vllm)
+        let_through = findings(version, "ignore", asked, vllm=vllm)
         overridden = tuple(
             f.bug for f in let_through if f.in_range and _renormalize_bug(f.bug)
         )
@@ -477,16 +503,16 @@ def decide(facts: Facts, settings: Settings) -> Decision:
         return Decision(
             "guard",
             reason,
-            findings(version, "guard", asked, vllm),
+            findings(version, "guard", asked, vllm=vllm),
             flashinfer=shown,
             refuses_renormalize=True,
             notes=notes,
         )
     if version is None:
         return Decision("unknown", f"{found}; {gpus}", notes=notes)
-    found_all = findings(version, "guard", asked, vllm)
+    found_all = findings(version, "guard", asked, vllm=vllm)
     renormalize = [f.bug for f in found_all if _renormalize_bug(f.bug)]
-    in_range = [bug for bug in renormalize if bug.in_range(version.release)]
+    in_range = [f.bug for f in found_all if _renormalize_bug(f.bug) and f.in_range]
     if not in_range:
         floor = max(renormalize, key=lambda bug: bug.fixed_in or ())
         reason = f"{found} >= {floor.fixed_in_text}; {gpus}"

@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
 #: newer one is still decided for (targets are found by their shape), and the
 #: decision says it is unproven.
 NEWEST_PROVEN_VLLM: tuple[int, ...] = (0, 34, 0)
+#: The oldest supported vLLM release: a version below it does not say which
+#: code it is (a build from a checkout without tags reports ``0.1.devN``).
+OLDEST_SUPPORTED_VLLM: tuple[int, ...] = (0, 16, 0)
 
 FP8_BLOCK: Scheme = ("kFp8Static128BlockSym", "kFp8Dynamic128Sym")
 MXFP8: Scheme = ("kMxfp8Static", "kMxfp8Dynamic")
