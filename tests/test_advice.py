@@ -13,14 +13,14 @@ import sys
 
 import pytest
 
-from vllm_moe_routing_plugin import envs, facts, policy
+from vllm_moe_routing_plugin import decision, envs, facts, policy
 from vllm_moe_routing_plugin.diagnostics import advice
 
 SM100 = (facts.Gpu(0, "B200", (10, 0), "assumed"),)
 ADVISED = {a.flashinfer for a in advice.ADVICE}
 
 
-def decided(versions: dict[str, str | None], environ=None) -> policy.Decision:
+def decided(versions: dict[str, str | None], environ=None) -> decision.Decision:
     return policy.decide(facts.Facts(versions, SM100), envs.read(environ or {}))
 
 

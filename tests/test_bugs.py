@@ -21,6 +21,7 @@ from support import STAND_IN_TARGET, stand_in_module, supported
 from vllm_moe_routing_plugin import (
     bugs,
     checks,
+    decision,
     envs,
     layers,
     log_line,
@@ -42,7 +43,7 @@ VLLM_METHODS = {
 }  # fmt: skip
 
 
-def decide(flashinfer: str, **env: str) -> policy.Decision:
+def decide(flashinfer: str, **env: str) -> decision.Decision:
     return policy.decide(Facts({"flashinfer-python": flashinfer}, B200), envs.read(env))
 
 
@@ -378,10 +379,10 @@ def entry(bug: bugs.KnownBug) -> bugs.KnownBug:
 
 def deciding(bug: bugs.KnownBug, action="guard", flashinfer="0.6.8.post1"):
     """An ``enable`` decision with one in-range entry."""
-    return policy.Decision(
+    return decision.Decision(
         "enable",
         "test",
-        (policy.Finding(bug, True, action),),
+        (decision.Finding(bug, True, action),),
         flashinfer=flashinfer,
     )
 

@@ -10,15 +10,15 @@ from types import ModuleType
 import pytest
 
 from support import STAND_IN_TARGET, Methods, stand_in_module, supported
-from vllm_moe_routing_plugin import bugs, layers, patching, policy, targets
+from vllm_moe_routing_plugin import bugs, decision, layers, patching, targets
 
-ENABLE = policy.Decision("enable", "test")
+ENABLE = decision.Decision("enable", "test")
 #: flashinfer#2822, as if its kernel were behind the stand-in target too.
-GUARD = policy.Decision(
+GUARD = decision.Decision(
     "guard",
     "test",
     (
-        policy.Finding(
+        decision.Finding(
             bugs.FLASHINFER_2822.replace(targets=(STAND_IN_TARGET,)), True, "guard"
         ),
     ),

@@ -11,6 +11,7 @@ import pytest
 from vllm_moe_routing_plugin import (
     activation,
     checks,
+    decision,
     envs,
     facts,
     import_hook,
@@ -106,7 +107,7 @@ def test_an_unreadable_off_switch_is_a_warning_and_disables(monkeypatch, records
 
 
 def _enable():
-    return policy.Decision("enable", "test")
+    return decision.Decision("enable", "test")
 
 
 def test_a_misspelt_setting_is_one_warning_naming_the_setting_meant(

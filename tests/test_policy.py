@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from vllm_moe_routing_plugin import envs, policy
+from vllm_moe_routing_plugin import decision, envs, policy
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
 from vllm_moe_routing_plugin.layers import LayerFacts
 
@@ -147,7 +147,7 @@ def test_cubin_mismatch_is_reported():
 
 def test_describe_gpus_folds_ranges():
     gpus = gpus_from_capabilities([(10, 0), (10, 0), (10, 3), (10, 0)], "t")
-    assert policy.describe_gpus(gpus) == "GPU 0-1 sm_100, 2 sm_103, 3 sm_100"
+    assert decision.describe_gpus(gpus) == "GPU 0-1 sm_100, 2 sm_103, 3 sm_100"
 
 
 def test_a_forced_enable_names_the_bug_it_lets_through(records):

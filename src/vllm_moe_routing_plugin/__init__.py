@@ -15,6 +15,8 @@ The runtime (what vLLM loads in every process), one way from facts to report::
     targets                        where each vLLM release keeps a routing check,
                                    and builds a MoE layer (data)
     bugs                           the known-bug catalogue (data)
+    decision                       the process's decision, and its rows where
+                                   the plugin does not act (no catalogue needed)
     policy                         facts + settings + catalogue -> decision, and
                                    the decision for each layer (pure)
     checks                         finding a check in a module and asking it

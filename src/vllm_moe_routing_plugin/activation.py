@@ -7,11 +7,13 @@ catch what a plugin function raises (``vllm/plugins/__init__.py``), so every
 step here is guarded: a failure becomes one WARNING naming the step, and vLLM
 is left as it was.
 
-It is also cheap (budgets in docs/performance.md): the modules that patch
-(``targets``, ``import_hook``; ``checks``, ``patches``, ``patching`` once a
-target module is imported) are loaded only when the decision may change
-vLLM, and the records are slotted classes, which Python defines about ten
-times faster than NamedTuples.
+It is also cheap (budgets in docs/performance.md): where the plugin does not
+act (``disabled``, ``not-applicable``: ``decision.decide_early``) neither the
+catalogue nor the targets are loaded; the modules that patch (``targets``,
+``import_hook``; ``checks``, ``patches``, ``patching`` once a target module
+is imported) are loaded only when the decision may change vLLM, and the
+records are slotted classes, which Python defines about ten times faster
+than NamedTuples.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from contextlib import contextmanager
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
-from . import envs, facts, layers, log_line, policy
+from . import envs, facts, log_line
 from .about import LOGGER, PLUGIN, __version__
+from .decision import Decision, decide_early, read_facts
 from .errors import describe_error
 
 if TYPE_CHECKING:
@@ -64,7 +67,7 @@ class Activation:
         version: str,
         settings: envs.Settings,
         found: facts.Facts,
-        decision: policy.Decision,
+        decision: Decision,
     ) -> None:
         self.version = version
         self.settings = settings
@@ -135,6 +138,8 @@ class Activation:
         try:
             if not build.verdicts:
                 return  # no layer check was asked about it
+            from . import layers  # loaded with the patches that built ``build``
+
             if build.error is not None:
                 if log_line.chosen_kernel(build.layer) is not None:
                     return  # vLLM failed after choosing a kernel: not the refusal
@@ -245,7 +250,12 @@ def activate(
             return facts.read_versions(facts.DECIDING, version_of)
 
     with step("deciding"):
-        found, decision = policy.decide_here(settings, read_gpus, read_versions)
+        found = read_facts(settings, read_gpus, read_versions)
+        decision = decide_early(found, settings)
+        if decision is None:  # the plugin may act: the catalogue decides
+            from . import policy
+
+            decision = policy.decide(found, settings)
     if found.gpu_query_failed:
         logger.warning("%s: %s", PLUGIN, found.gpu_error)
     # What the plugin cannot honour (a KNOWN_BUGS item it cannot apply, a
@@ -306,7 +316,7 @@ def _watch(activation: Activation, *, patch: bool = True) -> None:
                 activation.apply_module(module)
 
 
-def watches_layers(decision: policy.Decision) -> bool:
+def watches_layers(decision: Decision) -> bool:
     """Whether the layer checks need the layers being built: the decision
     acts and some known bug is in range (or Renormalize is refused)."""
     return decision.acts and (bool(decision.acting) or decision.refuses_renormalize)

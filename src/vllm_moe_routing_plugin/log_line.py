@@ -13,12 +13,13 @@ from typing import TYPE_CHECKING, Any
 
 from .about import PLUGIN
 from .envs import KNOWN_BUGS_VAR, RENORMALIZE_VAR
-from .targets import Target
 
 if TYPE_CHECKING:
     from .bugs import KnownBug
+    from .decision import Decision
     from .patching import Outcome
-    from .policy import Decision, Verdict
+    from .policy import Verdict
+    from .targets import Target
 
 #: The installed command that shows the whole catalogue.
 STATUS_COMMAND = "vllm-moe-routing status"
@@ -27,6 +28,8 @@ STATUS_COMMAND = "vllm-moe-routing status"
 def named(outcomes: Iterable[Outcome]) -> list[Outcome]:
     """The outcomes a line names: absent and untouched targets, and layer
     classes made visible as planned, are left out."""
+    from .targets import Target  # loaded once the decision acts
+
     return [
         o
         for o in outcomes

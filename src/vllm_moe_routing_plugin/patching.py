@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any
 from . import checks, layers, patches
 from .bugs import RENORMALIZE_METHODS, KnownBug
 from .checks import RoutingCheck, Unrecognised, is_ours
+from .decision import Decision
 from .errors import describe_error
 from .patches import Patch, Patches
-from .policy import Decision, LayerCheck, Planned
+from .policy import LayerCheck, Planned
 from .targets import LayerClass, Target
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process

@@ -10,7 +10,7 @@ fused routing is refused). Imports nothing from vLLM or FlashInfer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from packaging.version import InvalidVersion, Version
@@ -23,16 +23,15 @@ from .bugs import (
     by_id,
     release_text,
 )
-from .envs import DISABLE_VAR, KNOWN_BUGS_VAR, RENORMALIZE_VAR, Settings
-from .facts import (
-    FLASHINFER,
-    FLASHINFER_CUBIN,
-    FLASHINFER_JIT_CACHE,
-    VLLM,
-    Facts,
-    Gpu,
-    GpuReading,
+from .decision import (
+    Decision,
+    Finding,
+    companion_notes,
+    describe_gpus,
+    not_acting,
 )
+from .envs import KNOWN_BUGS_VAR, RENORMALIZE_VAR, Settings
+from .facts import FLASHINFER, FLASHINFER_JIT_CACHE, VLLM, Facts
 from .layers import LayerFacts
 from .targets import NEWEST_PROVEN_VLLM, OLDEST_SUPPORTED_VLLM
 
@@ -41,89 +40,9 @@ if TYPE_CHECKING:  # annotations only: a Literal costs import time in every proc
 
     from .envs import BugAction
 
-    #: The process's decision (the log line's first word).
-    DecisionAction = Literal["disabled", "not-applicable", "unknown", "enable", "guard"]
     #: What was done for one entry at one target (a ``fix`` whose backport
     #: could not be applied there guards instead).
     Done = Literal["guarded", "fixed", "warned"]
-
-#: Compute capabilities FlashInfer's TRT-LLM-gen MoE kernels ship cubins for
-#: and vLLM's ``_supports_current_device`` accepts (family 100: B200/GB200 are
-#: 10.0, B300/GB300 are 10.3).
-SUPPORTED_CAPABILITIES: tuple[tuple[int, int], ...] = ((10, 0), (10, 3))
-
-
-class Finding:
-    """One catalogue entry against this install: ``in_range`` when this
-    FlashInfer has it, or, for a bug in vLLM's code, when this vLLM is in the
-    defect's known range (``defect_release``; probing vLLM's code, when its
-    module is imported, then confirms it per target), and the action for the
-    layers it hits (``hidden_action`` where the layer's deciding values are
-    not visible)."""
-
-    __slots__ = ("action", "bug", "hidden_action", "in_range")
-
-    def __init__(
-        self,
-        bug: KnownBug,
-        in_range: bool,
-        action: BugAction,
-        hidden_action: BugAction | None = None,
-    ) -> None:
-        self.bug = bug
-        self.in_range = in_range
-        self.action = action
-        self.hidden_action = hidden_action or action
-
-    def __repr__(self) -> str:
-        return f"Finding({self.bug.id}, {self.in_range}, {self.action!r})"
-
-    @property
-    def acts(self) -> bool:
-        return self.in_range and self.action != "ignore"
-
-
-class Decision:
-    """What the plugin does in this process, and why."""
-
-    __slots__ = (
-        "action", "findings", "flashinfer", "notes", "overridden", "reason",
-        "refuses_renormalize",
-    )  # fmt: skip
-
-    def __init__(
-        self,
-        action: DecisionAction,
-        reason: str,
-        findings: tuple[Finding, ...] = (),
-        *,
-        flashinfer: str | None = None,  # the FlashInfer version that counts
-        refuses_renormalize: bool = False,  # VLLM_MOE_ROUTING_RENORMALIZE=disable
-        notes: tuple[str, ...] = (),  # what cannot be honoured: WARNINGs
-        overridden: tuple[KnownBug, ...] = (),
-    ) -> None:
-        self.action = action
-        self.reason = reason
-        self.findings = findings
-        self.flashinfer = flashinfer
-        self.refuses_renormalize = refuses_renormalize
-        self.notes = notes
-        #: In-range Renormalize entries VLLM_MOE_ROUTING_RENORMALIZE=enable lets
-        #: through: the fused kernels route their layers anyway.
-        self.overridden = overridden
-
-    def __repr__(self) -> str:
-        return f"Decision({self.action!r}, {self.reason!r})"
-
-    @property
-    def acts(self) -> bool:
-        """Whether the decision may change vLLM's routing checks."""
-        return self.action in ("enable", "guard")
-
-    @property
-    def acting(self) -> tuple[Finding, ...]:
-        """The in-range entries the plugin does something about."""
-        return tuple(f for f in self.findings if f.acts)
 
 
 class Planned:
@@ -264,48 +183,6 @@ def parse_version(text: str | None) -> Version | None:
     return version
 
 
-def describe_gpus(gpus: tuple[Gpu, ...]) -> str:
-    """``GPU 0-7 sm_100``, ``GPU 0 sm_90, 1 sm_100``: consecutive GPUs of one
-    capability are folded into a range."""
-    groups: list[tuple[int, int, tuple[int, int]]] = []
-    for gpu in gpus:
-        if (
-            groups
-            and groups[-1][2] == gpu.capability
-            and groups[-1][1] + 1 == gpu.ordinal
-        ):
-            first, _, capability = groups[-1]
-            groups[-1] = (first, gpu.ordinal, capability)
-        else:
-            groups.append((gpu.ordinal, gpu.ordinal, gpu.capability))
-    parts = [
-        (f"{first}-{last}" if first != last else f"{first}") + f" sm_{major}{minor}"
-        for first, last, (major, minor) in groups
-    ]
-    return "GPU " + ", ".join(parts)
-
-
-def companion_notes(facts: Facts) -> tuple[str, ...]:
-    """Companion-wheel problems worth a user's attention."""
-    notes = []
-    python = facts.version(FLASHINFER)
-    cubin = facts.version(FLASHINFER_CUBIN)
-    if python is not None and cubin is not None and cubin != python:
-        notes.append(
-            f"{FLASHINFER_CUBIN} {cubin} differs from {FLASHINFER} {python}: "
-            "FlashInfer 0.6.x refuses to import then (install both at the same version)"
-        )
-    jit_cache = facts.version(FLASHINFER_JIT_CACHE)
-    if python is not None and jit_cache is not None:
-        jit_public = jit_cache.split("+", 1)[0]
-        if jit_public != python:
-            notes.append(
-                f"{FLASHINFER_JIT_CACHE} {jit_cache} does not match {FLASHINFER} "
-                f"{python}: FlashInfer 0.6.x refuses to import then"
-            )
-    return tuple(notes)
-
-
 def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:
     """The FlashInfer version whose kernels run, and how it was found.
 
@@ -330,11 +207,6 @@ def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:
             f"{FLASHINFER_JIT_CACHE} {jit_text} (below {FLASHINFER} {python_text})",
         )
     return python, f"{FLASHINFER} {python_text}"
-
-
-def runs_fused_kernels(gpus: tuple[Gpu, ...]) -> bool:
-    """Whether every visible GPU is one the TRT-LLM MoE kernels run on."""
-    return bool(gpus) and all(g.capability in SUPPORTED_CAPABILITIES for g in gpus)
 
 
 def _renormalize_bug(bug: KnownBug) -> bool:
@@ -445,35 +317,18 @@ def unproven_notes(vllm: Version | None, flashinfer: Version | None) -> tuple[st
     return tuple(notes)
 
 
-def _disabled_by(settings: Settings) -> str:
-    """What switched the plugin off, for the log line: the switch, or the
-    value it could not read and took as set (the WARNING before says why)."""
-    for reading in settings.readings:
-        if reading.name == DISABLE_VAR and not reading.valid:
-            return f"{DISABLE_VAR}={reading.raw!r}, taken as 1"
-    return f"{DISABLE_VAR}=1"
-
-
 def decide(facts: Facts, settings: Settings) -> Decision:
-    """The decision table of the README, top row first."""
+    """The decision table of the README, top row first (its first rows, where
+    the plugin does not act: ``decision.not_acting``)."""
     notes = companion_notes(facts)
-    if settings.disabled:
-        return Decision("disabled", _disabled_by(settings), notes=notes)
-    asked, setting_notes = bug_settings(settings)
-    notes += setting_notes
-    if not facts.gpus:
-        return Decision(
-            "not-applicable",
-            f"no CUDA GPU visible ({facts.gpu_error or 'none reported'})",
-            notes=notes,
-        )
+    asked: dict[str, BugAction] = {}
+    if not settings.disabled:
+        asked, setting_notes = bug_settings(settings)
+        notes += setting_notes
+    idle = not_acting(facts, settings, notes)
+    if idle is not None:
+        return idle
     gpus = describe_gpus(facts.gpus)
-    if not runs_fused_kernels(facts.gpus):
-        return Decision(
-            "not-applicable",
-            f"{gpus}; the TRT-LLM MoE kernels run only on sm_100/sm_103",
-            notes=notes,
-        )
     version, found = _flashinfer_in_use(facts)
     shown = str(version) if version else None
     vllm = parse_version(facts.version(VLLM))
@@ -521,22 +376,3 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     references = ", ".join(bug.id for bug in in_range)
     reason = f"{found} < {floor.fixed_in_text} ({references}); {gpus}"
     return Decision("guard", reason, found_all, flashinfer=shown, notes=notes)
-
-
-def decide_here(
-    settings: Settings,
-    read_gpus: Callable[[], GpuReading],
-    read_versions: Callable[[], Mapping[str, str | None]],
-) -> tuple[Facts, Decision]:
-    """Read only the facts the decision can use, then decide: a disabled
-    plugin reads nothing, and package versions are read only where every GPU
-    runs the fused kernels (elsewhere they decide nothing, and reading them
-    costs ``register()`` time in every vLLM process)."""
-    found = Facts({}, ())
-    if not settings.disabled:
-        gpus = read_gpus()
-        versions: Mapping[str, str | None] = {}
-        if runs_fused_kernels(gpus.gpus):
-            versions = read_versions()
-        found = Facts(versions, gpus.gpus, gpus.error, gpus.failed)
-    return found, decide(found, settings)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from .. import facts, policy
 from ..about import docs_url
+from ..decision import Decision
 
 #: vLLM never shipped FlashInfer 0.6.7 (docs/flashinfer-advice.md).
 PR_38188 = (
@@ -93,7 +94,7 @@ def install_command(flashinfer: str, versions: Mapping[str, str | None]) -> str:
 
 
 def recommend(
-    decision: policy.Decision, versions: Mapping[str, str | None]
+    decision: Decision, versions: Mapping[str, str | None]
 ) -> Recommendation | None:
     """An install command where the guard stands only because this
     FlashInfer predates a fix and this vLLM's calls bind to the advised one."""

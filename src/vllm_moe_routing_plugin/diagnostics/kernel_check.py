@@ -37,9 +37,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ..decision import SUPPORTED_CAPABILITIES
 from ..errors import describe_error
 from ..facts import Gpu
-from ..policy import SUPPORTED_CAPABILITIES
 from . import reference
 from .cases import Case
 

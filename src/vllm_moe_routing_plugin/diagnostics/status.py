@@ -26,6 +26,7 @@ from packaging.version import Version
 from .. import envs, facts, log_line, patching, policy, targets
 from ..about import PLUGIN, __version__
 from ..bugs import KNOWN_BUGS, RENORMALIZE_METHODS
+from ..decision import Decision, Finding, companion_notes
 from ..errors import describe_error
 from ..vllm_source import imports_flashinfer, vllm_has_module
 from .advice import Recommendation, never_shipped_note, recommend
@@ -188,7 +189,7 @@ def _what_if_versions(
 
 
 def preview_targets(
-    decision: policy.Decision,
+    decision: Decision,
 ) -> tuple[list[TargetRow], list[patching.Outcome], list[str], str | None]:
     """Every target of the installed vLLM: its row, the outcomes the log line
     names, the modules left for vLLM to import, and why vLLM could not be
@@ -234,7 +235,7 @@ def preview_targets(
     return rows, outcomes, pending, None
 
 
-def answer(decision: policy.Decision) -> str:
+def answer(decision: Decision) -> str:
     """The first line of the report: will the fused kernel route, and is it safe."""
     methods = "/".join(RENORMALIZE_METHODS)
     if decision.action == "enable" and decision.overridden:
@@ -281,10 +282,10 @@ ASSUMED_SM100 = "10.0"
 
 
 def on_sm100(
-    decision: policy.Decision,
+    decision: Decision,
     found: facts.Facts,
     environ: Mapping[str, str],
-) -> policy.Decision:
+) -> Decision:
     """The decision whose known bugs the report lists: this process's where
     it acts (or cannot tell: ``unknown``), else the one an SM100 GPU would
     get with these packages and settings (the plugin enabled), so that a
@@ -298,7 +299,7 @@ def on_sm100(
 
 
 def known_bug_rows(
-    decision: policy.Decision,
+    decision: Decision,
     outcomes: Sequence[patching.Outcome],
     probed: bool = True,
 ) -> list[KnownBugRow]:
@@ -307,7 +308,7 @@ def known_bug_rows(
     vLLM's code is in range of this vLLM's release, and only where probing
     this vLLM's code finds it (unless the targets were not probed)."""
     rows = []
-    none = tuple(policy.Finding(bug, False, bug.action) for bug in KNOWN_BUGS)
+    none = tuple(Finding(bug, False, bug.action) for bug in KNOWN_BUGS)
     for finding in decision.findings or none:
         bug = finding.bug
         applies_to = [
@@ -416,7 +417,7 @@ def collect(
     plugin = entry_point(environ, entry_points)
     problems = [p for p in (plugin.problem,) if p]
     problems += list(settings.problems)
-    problems += list(policy.companion_notes(found))
+    problems += list(companion_notes(found))
     honoured, bug_notes = policy.bug_settings(settings)
     problems += list(bug_notes)
     return StatusReport(
