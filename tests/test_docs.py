@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """What the README tells a user who installs the wheel: links that work
 outside a clone, an install that works as written (the ``package`` nox
-session runs it), and claims that hold for the installed packages."""
+session runs it), and claims, there and in the docs pages it links to, that
+hold for the installed packages."""
 
 import re
 from pathlib import Path
@@ -13,12 +14,14 @@ from vllm_moe_routing_plugin import about
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+RELIABILITY = (ROOT / "docs" / "reliability.md").read_text(encoding="utf-8")
+FLASHINFER_ADVICE = (ROOT / "docs" / "flashinfer-advice.md").read_text(encoding="utf-8")
 
 
-def section(title: str) -> str:
-    start = README.index(f"\n## {title}\n")
-    end = README.find("\n## ", start + 1)
-    return README[start : end if end != -1 else None]
+def section(title: str, text: str = README) -> str:
+    start = text.index(f"\n## {title}\n")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else None]
 
 
 def test_links_work_outside_a_clone():
@@ -60,7 +63,9 @@ def test_the_install_section_says_what_works_today():
 
 
 def test_what_was_run_where_is_said():
-    ran = section("What was run where")
+    """Said in docs/reliability.md, and the README links there."""
+    assert about.docs_url("reliability.md#what-was-run-where") in README
+    ran = section("What was run where", RELIABILITY)
     assert "no GPU" in ran and "H200" in ran
     assert "Nowhere here: FlashInfer's fused TRT-LLM MoE kernels" in ran
     assert "SM100" in ran
@@ -68,8 +73,9 @@ def test_what_was_run_where_is_said():
 
 @pytest.mark.flashinfer("==0.6.8.post1")
 def test_the_pip_check_note_holds_for_the_advised_flashinfer():
-    """The README says ``cuda-tile``, which ``pip check`` reports missing after
-    the advised install, is declared by flashinfer-python 0.6.8.post1 but
+    """docs/flashinfer-advice.md (which the README's install section links
+    to) says ``cuda-tile``, which ``pip check`` reports missing after the
+    advised install, is declared by flashinfer-python 0.6.8.post1 but
     imported by none of its modules."""
     import importlib.metadata
     import importlib.util
@@ -83,4 +89,5 @@ def test_the_pip_check_note_holds_for_the_advised_flashinfer():
         if "cuda.tile" in path.read_text(encoding="utf-8", errors="replace")
     ]
     assert naming == []
-    assert "`cuda-tile`, which flashinfer-python 0.6.8.post1 declares" in README
+    note = "`cuda-tile`, which flashinfer-python 0.6.8.post1 declares"
+    assert note in FLASHINFER_ADVICE
