@@ -129,6 +129,12 @@ def test_lower_of_python_and_jit_cache_counts():
     assert "flashinfer-jit-cache 0.6.6+cu129" in d.reason
     assert decide(facts("0.6.7", flashinfer_jit_cache="0.6.7+cu130")).action == "enable"
     assert decide(facts("0.6.6", flashinfer_jit_cache="0.6.8+cu130")).action == "guard"
+    # FlashInfer 0.7 ignores a jit-cache of another version: its own kernels run
+    ignored = decide(facts("0.7.4", flashinfer_jit_cache="0.6.6+cu129"))
+    assert ignored.action == "enable"
+    assert ignored.reason.startswith(
+        "flashinfer-python 0.7.4 (flashinfer-jit-cache ignored) >= 0.6.7;"
+    )
 
 
 def test_unparsable_jit_cache_is_unknown():
@@ -143,6 +149,28 @@ def test_cubin_mismatch_is_reported():
         "refuses to import then (install both at the same version)",
     )
     assert decide(facts("0.6.7", flashinfer_cubin="0.6.7")).notes == ()
+
+
+def test_a_leftover_companion_on_flashinfer_0_7_is_named_as_ignored():
+    """FlashInfer 0.7.x ignores a companion of another version (its
+    ``jit/env.py``): a flashinfer-cubin 0.6.8.post1 installed for vLLM 0.19
+    stays behind after an upgrade to vLLM 0.34 + FlashInfer 0.7.4."""
+    d = decide(
+        facts(
+            "0.7.4",
+            flashinfer_cubin="0.6.8.post1",
+            flashinfer_jit_cache="0.7.2.post1+cu130",
+        )
+    )
+    assert d.action == "enable"
+    assert d.notes == (
+        "flashinfer-cubin 0.6.8.post1 differs from flashinfer-python 0.7.4: "
+        "FlashInfer 0.7 ignores it and downloads its cubins when first used "
+        "(`pip uninstall flashinfer-cubin` removes the leftover)",
+        "flashinfer-jit-cache 0.7.2.post1+cu130 does not match flashinfer-python "
+        "0.7.4: FlashInfer 0.7 ignores it and compiles its kernels when first used "
+        "(`pip uninstall flashinfer-jit-cache` removes the leftover)",
+    )
 
 
 def test_describe_gpus_folds_ranges():

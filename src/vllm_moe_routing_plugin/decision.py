@@ -138,24 +138,58 @@ def describe_gpus(gpus: tuple[Gpu, ...]) -> str:
 
 
 def companion_notes(facts: Facts) -> tuple[str, ...]:
-    """Companion-wheel problems worth a user's attention."""
+    """Companion-wheel problems worth a user's attention. A companion of
+    another version stops FlashInfer 0.6.x from importing; 0.7.x ignores it
+    and fetches or compiles the kernels itself (``flashinfer/jit/env.py`` of
+    0.7.2.post1 and 0.7.4: "Ignoring incompatible flashinfer-cubin package"),
+    so there it is a leftover to remove (no flashinfer-cubin 0.7.x is on
+    PyPI; one installed for vLLM 0.19 stays behind on an upgrade)."""
     notes = []
     python = facts.version(FLASHINFER)
+    if python is None:
+        return ()
+    ignores = _release_at_least(python, (0, 7))
     cubin = facts.version(FLASHINFER_CUBIN)
-    if python is not None and cubin is not None and cubin != python:
+    if cubin is not None and cubin != python:
         notes.append(
             f"{FLASHINFER_CUBIN} {cubin} differs from {FLASHINFER} {python}: "
-            "FlashInfer 0.6.x refuses to import then (install both at the same version)"
+            + (
+                "FlashInfer 0.7 ignores it and downloads its cubins when first "
+                f"used (`pip uninstall {FLASHINFER_CUBIN}` removes the leftover)"
+                if ignores
+                else "FlashInfer 0.6.x refuses to import then (install both at "
+                "the same version)"
+            )
         )
     jit_cache = facts.version(FLASHINFER_JIT_CACHE)
-    if python is not None and jit_cache is not None:
-        jit_public = jit_cache.split("+", 1)[0]
-        if jit_public != python:
-            notes.append(
-                f"{FLASHINFER_JIT_CACHE} {jit_cache} does not match {FLASHINFER} "
-                f"{python}: FlashInfer 0.6.x refuses to import then"
+    if jit_cache is not None and jit_cache.split("+", 1)[0] != python:
+        notes.append(
+            f"{FLASHINFER_JIT_CACHE} {jit_cache} does not match {FLASHINFER} "
+            f"{python}: "
+            + (
+                "FlashInfer 0.7 ignores it and compiles its kernels when first "
+                f"used (`pip uninstall {FLASHINFER_JIT_CACHE}` removes the leftover)"
+                if ignores
+                else "FlashInfer 0.6.x refuses to import then"
             )
+        )
     return tuple(notes)
+
+
+def _release_at_least(text: str, release: tuple[int, ...]) -> bool:
+    """Whether version ``text`` starts at ``release`` or later, read without
+    ``packaging`` (not loaded where the plugin does not act)."""
+    parts = []
+    for part in text.split(".")[: len(release)]:
+        digits = ""
+        for char in part:
+            if not char.isdigit():
+                break
+            digits += char
+        if not digits:
+            return False
+        parts.append(int(digits))
+    return tuple(parts) >= release
 
 
 def disabled_by(settings: Settings) -> str:

@@ -187,7 +187,9 @@ def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:
     """The FlashInfer version whose kernels run, and how it was found.
 
     A ``flashinfer-jit-cache`` wheel's prebuilt kernels are what run when it is
-    installed, so the lower of it and ``flashinfer-python`` counts.
+    installed, so the lower of it and ``flashinfer-python`` counts; except
+    where FlashInfer ignores it: 0.7.x ignores a jit-cache of another version
+    and compiles its own kernels (``flashinfer/jit/env.py``).
     """
     python_text = facts.version(FLASHINFER)
     if python_text is None:
@@ -201,6 +203,8 @@ def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:
     jit = parse_version(jit_text)
     if jit is None:
         return None, f"{FLASHINFER_JIT_CACHE} version {jit_text!r} cannot be compared"
+    if python.release >= (0, 7) and jit.public != python.public:
+        return python, f"{FLASHINFER} {python_text} ({FLASHINFER_JIT_CACHE} ignored)"
     if jit < python:
         return (
             jit,
