@@ -217,6 +217,19 @@ def test_targets_on_the_newest_vllm_are_native(status):
 
 
 @pytest.mark.vllm(">=0.26")
+def test_an_ignored_vllm_defect_stays_in_range_and_its_class_native(status):
+    """``VLLM_MOE_ROUTING_KNOWN_BUGS=vllm#32437=ignore``: the entry is still in
+    range of this vLLM (the user switched its guard off, not the bug), and
+    vLLM's MXINT4 class is left as vLLM has it."""
+    env = {"VLLM_MOE_ROUTING_KNOWN_BUGS": "vllm#32437=ignore"}
+    data = json.loads(status("--json", "--capability", "10.0", env=env).stdout)
+    row = next(r for r in data["known_bugs"] if r["id"] == "vllm#32437")
+    assert (row["in_range"], row["action"], row["applies_to"]) == (True, "ignore", [])
+    rows = {r["name"]: r for r in data["targets"]}
+    assert rows["TrtLlmMxint4ExpertsMonolithic"]["state"] == "native"
+
+
+@pytest.mark.vllm(">=0.26")
 def test_guard_what_if_on_the_newest_vllm_shows_the_refusal(status):
     data = json.loads(
         status("--json", "--capability", "10.0", "--flashinfer", "0.6.6").stdout

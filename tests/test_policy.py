@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from vllm_moe_routing_plugin import decision, envs, policy
+from vllm_moe_routing_plugin import bugs, decision, envs, policy
 from vllm_moe_routing_plugin.facts import Facts, gpus_from_capabilities
 from vllm_moe_routing_plugin.layers import LayerFacts
 
@@ -294,3 +294,34 @@ def test_a_release_newer_than_proven_is_named_in_the_reason(vllm, flashinfer, sa
                    for n in notes)  # fmt: skip
     else:
         assert d.reason == (f"flashinfer-python {flashinfer} >= 0.6.7; GPU 0-7 sm_100")
+
+
+def test_ignoring_an_in_range_guard_is_a_warning_naming_what_goes_through():
+    d = decide(
+        facts("0.6.16", vllm="0.26.0"),
+        VLLM_MOE_ROUTING_KNOWN_BUGS=(
+            "flashinfer#3875=ignore,vllm#32437=ignore,flashinfer#3946=ignore"
+        ),
+    )  # flashinfer#3946 is warned by default: ignoring it guards nothing less
+    assert bugs.FLASHINFER_3946.action == "warn"
+    assert d.notes == (
+        "VLLM_MOE_ROUTING_KNOWN_BUGS: flashinfer#3875=ignore lets "
+        + str(bugs.FLASHINFER_3875.layers)
+        + " through unguarded although this install is in its range ("
+        + bugs.FLASHINFER_3875.affected
+        + "): "
+        + "/".join(bugs.FLASHINFER_3875.kernels)
+        + f" {bugs.FLASHINFER_3875.wrong} for them",
+        "VLLM_MOE_ROUTING_KNOWN_BUGS: vllm#32437=ignore lets "
+        + str(bugs.VLLM_32437.layers)
+        + " through unguarded although this install is in its range ("
+        + bugs.VLLM_32437.affected
+        + "): "
+        + "/".join(bugs.VLLM_32437.kernels)
+        + f" {bugs.VLLM_32437.wrong} for them",
+    )
+    # out of range, or the entry's own action: nothing to say
+    fixed = decide(
+        facts("0.6.18"), VLLM_MOE_ROUTING_KNOWN_BUGS="flashinfer#3946=ignore"
+    )
+    assert fixed.notes == ()

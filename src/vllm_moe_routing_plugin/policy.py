@@ -332,6 +332,35 @@ def decide(facts: Facts, settings: Settings) -> Decision:
     idle = not_acting(facts, settings, notes)
     if idle is not None:
         return idle
+    decision = _acting_decision(facts, settings, asked, notes)
+    decision.notes += ignored_notes(decision.findings, asked)
+    return decision
+
+
+def ignored_notes(
+    found: tuple[Finding, ...], asked: Mapping[str, BugAction]
+) -> tuple[str, ...]:
+    """A WARNING for each in-range entry whose guard or fix
+    ``VLLM_MOE_ROUTING_KNOWN_BUGS`` turns off: the layers it hits then run
+    the kernel that gets them wrong, and the log should say so once."""
+    return tuple(
+        f"{KNOWN_BUGS_VAR}: {f.bug.id}=ignore lets {f.bug.layers} through "
+        f"unguarded although this install is in its range ({f.bug.affected}): "
+        f"{'/'.join(f.bug.kernels)} {f.bug.wrong} for them"
+        for f in found
+        if f.in_range
+        and asked.get(f.bug.id) == "ignore"
+        and f.bug.action in ("guard", "fix")
+    )
+
+
+def _acting_decision(
+    facts: Facts,
+    settings: Settings,
+    asked: Mapping[str, BugAction],
+    notes: tuple[str, ...],
+) -> Decision:
+    """The table's rows where every GPU runs the fused kernels."""
     gpus = describe_gpus(facts.gpus)
     version, found = _flashinfer_in_use(facts)
     shown = str(version) if version else None

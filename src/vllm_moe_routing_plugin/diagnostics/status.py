@@ -317,7 +317,8 @@ def known_bug_rows(
             if any(plan.bug is bug for plan in o.planned)
         ]
         in_range = finding.in_range
-        if bug.defect is not None and probed:
+        if bug.defect is not None and probed and finding.acts:
+            # Probed only where acted on: an ignored defect stays in range.
             in_range = in_range and bool(applies_to)
         action, hidden_action, action_note = finding.action, finding.hidden_action, None
         done = {p.done for o in outcomes for p in o.planned if p.bug is bug}
