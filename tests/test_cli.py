@@ -116,7 +116,16 @@ def test_plugins_allow_list_with_spaces_exits_1(status):
 
 
 @pytest.mark.parametrize(
-    "args", [["--capability", "sm100"], ["--flashinfer", "new"], ["frobnicate"]]
+    "args",
+    [
+        ["--capability", "sm100"],
+        ["--capability", "10.30"],
+        ["--flashinfer", "new"],
+        ["frobnicate"],
+        ["verify", "--arch", "banana"],
+        ["verify", "--arch", "sm_99x"],
+        ["verify", "--flashinfer-version", "notaversion"],
+    ],
 )
 def test_usage_errors_exit_2(args, status):
     assert status(*args).returncode == 2

@@ -65,8 +65,10 @@ def test_capabilities(raw, value):
 
 
 @pytest.mark.parametrize(
-    "raw", ["sm_100", "10", "10.", ".0", "10.0,", "ten.zero", "\u0661\u0660.\u0660"]
-)
+    "raw",
+    ["sm_100", "10", "10.", ".0", "10.0,", "ten.zero", "\u0661\u0660.\u0660",
+     "0.0", "10.30", "1.10", "10.0,9.10"],
+)  # fmt: skip
 def test_capabilities_rejected(raw):
     config = envs.read({envs.DEVICE_CAPABILITY_VAR: raw})
     assert config.capabilities is None
@@ -237,3 +239,12 @@ def test_names_someone_defines_are_not_reported(monkeypatch):
     config = envs.read(dict.fromkeys(defined, "1"))
     assert config.undefined == ()
     assert not [p for p in config.problems if "not a setting" in p]
+
+
+def test_an_impossible_capability_says_what_a_capability_is():
+    config = envs.read({envs.DEVICE_CAPABILITY_VAR: "10.30"})
+    assert config.problems == (
+        "VLLM_MOE_ROUTING_DEVICE_CAPABILITY='10.30' is not valid (10.30 is not a "
+        "CUDA compute capability (a major from 1 and a one-digit minor, e.g. 9.0, "
+        "10.0 or 10.3)); using the default (NVML)",
+    )

@@ -129,6 +129,13 @@ def parse_capabilities(raw: str) -> tuple[Capability, ...]:
             )
         if not (major.isascii() and minor.isascii()):
             raise InvalidValue("capabilities are written with ASCII digits")
+        if int(major) == 0 or len(minor) != 1:
+            # CUDA's minor is one digit (8.6, 9.0, 10.3, 12.1): 10.30 is no
+            # GPU, and sm_110 would then name both 1.10 and 11.0.
+            raise InvalidValue(
+                f"{item} is not a CUDA compute capability (a major from 1 and a "
+                "one-digit minor, e.g. 9.0, 10.0 or 10.3)"
+            )
         capabilities.append((int(major), int(minor)))
     return tuple(capabilities)
 

@@ -47,6 +47,19 @@ def _version(text: str) -> str:
     return text.strip()  # as a version reads: " 0.6.7 " is 0.6.7
 
 
+def _arch(text: str) -> str:
+    """``sm_90a``, ``sm_100a``, ``sm_103a``: what nvcc's ``-arch`` takes and
+    the build cache is named by (``sm_`` and the capability's digits, with
+    ``a`` or ``f`` for the arch-specific instructions the kernels use)."""
+    arch = text.strip()
+    digits = arch.removeprefix("sm_").rstrip("af")
+    if not (arch.startswith("sm_") and digits.isdigit() and len(digits) in (2, 3)):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a GPU arch nvcc takes, e.g. sm_90a or sm_100a"
+        )
+    return arch
+
+
 def _json_option(p: argparse.ArgumentParser, **defaults: Any) -> None:
     p.add_argument("--json", action="store_true", help="one JSON object", **defaults)
 
@@ -104,7 +117,10 @@ def parser() -> argparse.ArgumentParser:
         help="a FlashInfer source, wheel or include tree instead of the installed one",
     )
     check.add_argument(
-        "--flashinfer-version", metavar="VERSION", help="the version of that tree"
+        "--flashinfer-version",
+        type=_version,
+        metavar="VERSION",
+        help="the version of that tree",
     )
     check.add_argument(
         "--quick", action="store_true", help=f"token counts {verify.QUICK_TOKENS} only"
@@ -117,6 +133,7 @@ def parser() -> argparse.ArgumentParser:
     )
     check.add_argument(
         "--arch",
+        type=_arch,
         metavar="SM",
         help="build the routing kernels for this GPU arch (sm_90a, sm_100a) instead of "
         "the local GPU's, e.g. on a build machine without one; they run where it is",
