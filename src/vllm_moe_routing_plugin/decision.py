@@ -183,7 +183,7 @@ def _release_at_least(text: str, release: tuple[int, ...]) -> bool:
     for part in text.split(".")[: len(release)]:
         digits = ""
         for char in part:
-            if not char.isdigit():
+            if char not in "0123456789":  # str.isdigit takes "¹" too
                 break
             digits += char
         if not digits:
