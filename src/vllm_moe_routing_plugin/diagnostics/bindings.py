@@ -676,7 +676,8 @@ def render(report: Report) -> str:
         lines.append(
             f"  {label}: {s['references']} references, {s['calls']} calls, "
             f"{s['calls_bind']} bind, {s['calls_without_signature']} without a "
-            f"signature to bind, {s['failures']} fail"
+            f"signature to bind; {s['failures']} references fail (calls that do not "
+            "bind, and names FlashInfer lacks)"
         )
         for c in report.failures(moe):
             lines.append(
