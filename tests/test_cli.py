@@ -618,3 +618,28 @@ def test_an_allow_list_without_the_plugin_says_how_to_let_it_load():
         "will not load the plugin; add moe_routing to it (comma-separated, no "
         "spaces) or unset it"
     )
+
+
+@pytest.mark.parametrize("capability", ["9.0", None])
+def test_status_without_an_sm100_gpu_names_an_unproven_release_too(capability):
+    """The plugin acts on nothing here, but the known-bugs section is built
+    from ranges the newer release was not proven against: the first screen
+    says so, and the JSON's ``unproven``."""
+    argv = ["status", "--no-targets"]
+    argv += ["--capability", capability] if capability else []
+    args = cli.parser().parse_args(argv)
+    versions = {"vllm": "0.35.0", "flashinfer-python": "0.8.0"}
+    report = status_report.collect(
+        args, {}, installed_version=versions.get, requires_of=lambda name: []
+    )
+    assert report.action == "not-applicable"
+    lines = status_report.render(report).splitlines()
+    first_screen = lines[: lines.index("")]
+    said = [line for line in first_screen if line.startswith("unproven  ")]
+    assert said == [
+        "unproven  vLLM 0.35.0 is newer than the newest proven, 0.34.0: targets "
+        "found by shape, vLLM defects from their known ranges",
+        "unproven  FlashInfer 0.8.0 is newer than the newest proven, 0.7.4: known "
+        "bugs from their ranges",
+    ]
+    assert report.to_json()["unproven"] == [line[10:] for line in said]

@@ -128,6 +128,10 @@ class StatusReport:
     #: here (None: this process's own decision)
     known_bugs_gpu: str | None = None
     targets_probed: bool = True  # False with --no-targets
+    #: What these packages have not been proven on (a vLLM or FlashInfer newer
+    #: than the newest proven), whatever the GPU: the decision's reason says it
+    #: only where the plugin acts.
+    unproven: list[str] = dataclasses.field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -456,6 +460,12 @@ def collect(
             planning, planned_outcomes, probed=not args.no_targets
         ),
         known_bugs_gpu=None if planning is decision else ASSUMED_SM100,
+        unproven=list(
+            policy.unproven_notes(
+                policy.parse_version(found.version(facts.VLLM)),
+                policy.parse_version(found.version(facts.FLASHINFER)),
+            )
+        ),
         targets_probed=not args.no_targets,
     )
 
@@ -515,6 +525,9 @@ def render(status: StatusReport) -> str:
     add(f"decision  {status.action}: {status.reason}")
     if status.assumed:
         add(f"assumed   {', '.join(status.assumed)} (what-if flags)")
+    for note in status.unproven:
+        if note not in status.reason:
+            add(f"unproven  {note}")
     for problem in status.problems:
         add(f"problem   {problem}")
     if status.advice is not None:
