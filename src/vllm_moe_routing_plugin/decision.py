@@ -14,14 +14,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 from .envs import DISABLE_VAR, Settings
-from .facts import (
-    FLASHINFER,
-    FLASHINFER_CUBIN,
-    FLASHINFER_JIT_CACHE,
-    Facts,
-    Gpu,
-    GpuReading,
-)
+from .facts import Facts, Gpu, GpuReading
 
 if TYPE_CHECKING:  # annotations only: a Literal costs import time in every process
     from typing import Literal
@@ -137,61 +130,6 @@ def describe_gpus(gpus: tuple[Gpu, ...]) -> str:
     return "GPU " + ", ".join(parts)
 
 
-def companion_notes(facts: Facts) -> tuple[str, ...]:
-    """Companion-wheel problems worth a user's attention. A companion of
-    another version stops FlashInfer 0.6.x from importing; 0.7.x ignores it
-    and fetches or compiles the kernels itself (``flashinfer/jit/env.py`` of
-    0.7.2.post1 and 0.7.4: "Ignoring incompatible flashinfer-cubin package"),
-    so there it is a leftover to remove (no flashinfer-cubin 0.7.x is on
-    PyPI; one installed for vLLM 0.19 stays behind on an upgrade)."""
-    notes = []
-    python = facts.version(FLASHINFER)
-    if python is None:
-        return ()
-    ignores = _release_at_least(python, (0, 7))
-    cubin = facts.version(FLASHINFER_CUBIN)
-    if cubin is not None and cubin != python:
-        notes.append(
-            f"{FLASHINFER_CUBIN} {cubin} differs from {FLASHINFER} {python}: "
-            + (
-                "FlashInfer 0.7 ignores it and downloads its cubins when first "
-                f"used (`pip uninstall {FLASHINFER_CUBIN}` removes the leftover)"
-                if ignores
-                else "FlashInfer 0.6.x refuses to import then (install both at "
-                "the same version)"
-            )
-        )
-    jit_cache = facts.version(FLASHINFER_JIT_CACHE)
-    if jit_cache is not None and jit_cache.split("+", 1)[0] != python:
-        notes.append(
-            f"{FLASHINFER_JIT_CACHE} {jit_cache} does not match {FLASHINFER} "
-            f"{python}: "
-            + (
-                "FlashInfer 0.7 ignores it and compiles its kernels when first "
-                f"used (`pip uninstall {FLASHINFER_JIT_CACHE}` removes the leftover)"
-                if ignores
-                else "FlashInfer 0.6.x refuses to import then"
-            )
-        )
-    return tuple(notes)
-
-
-def _release_at_least(text: str, release: tuple[int, ...]) -> bool:
-    """Whether version ``text`` starts at ``release`` or later, read without
-    ``packaging`` (not loaded where the plugin does not act)."""
-    parts = []
-    for part in text.split(".")[: len(release)]:
-        digits = ""
-        for char in part:
-            if char not in "0123456789":  # str.isdigit takes "¹" too
-                break
-            digits += char
-        if not digits:
-            return False
-        parts.append(int(digits))
-    return tuple(parts) >= release
-
-
 def disabled_by(settings: Settings) -> str:
     """What switched the plugin off, for the log line: the switch, or the
     value it could not read and took as set (the WARNING before says why)."""
@@ -226,12 +164,14 @@ def not_acting(
 
 
 def decide_early(facts: Facts, settings: Settings) -> Decision | None:
-    """``not_acting`` where the catalogue has nothing to add: no
-    ``VLLM_MOE_ROUTING_KNOWN_BUGS`` item to check against it (an unknown id is
-    a WARNING on every path but ``disabled``). None: ``policy.decide``."""
-    if settings.bug_actions and not settings.disabled:
+    """``not_acting`` where neither the catalogue nor a version has anything
+    to add: no ``VLLM_MOE_ROUTING_KNOWN_BUGS`` item to check against it (an
+    unknown id is a WARNING on every path but ``disabled``) and no package
+    versions read (``read_facts`` reads them only where the plugin may act;
+    their companion-wheel notes are ``policy``'s). None: ``policy.decide``."""
+    if facts.versions or (settings.bug_actions and not settings.disabled):
         return None
-    return not_acting(facts, settings, companion_notes(facts))
+    return not_acting(facts, settings, ())
 
 
 def read_facts(

@@ -23,15 +23,9 @@ from .bugs import (
     by_id,
     release_text,
 )
-from .decision import (
-    Decision,
-    Finding,
-    companion_notes,
-    describe_gpus,
-    not_acting,
-)
+from .decision import Decision, Finding, describe_gpus, not_acting
 from .envs import KNOWN_BUGS_VAR, RENORMALIZE_VAR, Settings
-from .facts import FLASHINFER, FLASHINFER_JIT_CACHE, VLLM, Facts
+from .facts import FLASHINFER, FLASHINFER_CUBIN, FLASHINFER_JIT_CACHE, VLLM, Facts
 from .layers import LayerFacts
 from .targets import NEWEST_PROVEN_VLLM, OLDEST_SUPPORTED_VLLM
 
@@ -181,6 +175,46 @@ def parse_version(text: str | None) -> Version | None:
     if version.release == (0, 0, 0) or all(part == 0 for part in version.release):
         return None
     return version
+
+
+def companion_notes(facts: Facts) -> tuple[str, ...]:
+    """Companion-wheel problems worth a user's attention. A companion of
+    another version stops FlashInfer 0.6.x from importing; 0.7.x ignores it
+    and fetches or compiles the kernels itself (``flashinfer/jit/env.py`` of
+    0.7.2.post1 and 0.7.4: "Ignoring incompatible flashinfer-cubin package"),
+    so there it is a leftover to remove (no flashinfer-cubin 0.7.x is on
+    PyPI; one installed for vLLM 0.19 stays behind on an upgrade)."""
+    notes = []
+    python = facts.version(FLASHINFER)
+    if python is None:
+        return ()
+    parsed = parse_version(python)
+    ignores = parsed is not None and parsed.release >= (0, 7)
+    cubin = facts.version(FLASHINFER_CUBIN)
+    if cubin is not None and cubin != python:
+        notes.append(
+            f"{FLASHINFER_CUBIN} {cubin} differs from {FLASHINFER} {python}: "
+            + (
+                "FlashInfer 0.7 ignores it and downloads its cubins when first "
+                f"used (`pip uninstall {FLASHINFER_CUBIN}` removes the leftover)"
+                if ignores
+                else "FlashInfer 0.6.x refuses to import then (install both at "
+                "the same version)"
+            )
+        )
+    jit_cache = facts.version(FLASHINFER_JIT_CACHE)
+    if jit_cache is not None and jit_cache.split("+", 1)[0] != python:
+        notes.append(
+            f"{FLASHINFER_JIT_CACHE} {jit_cache} does not match {FLASHINFER} "
+            f"{python}: "
+            + (
+                "FlashInfer 0.7 ignores it and compiles its kernels when first "
+                f"used (`pip uninstall {FLASHINFER_JIT_CACHE}` removes the leftover)"
+                if ignores
+                else "FlashInfer 0.6.x refuses to import then"
+            )
+        )
+    return tuple(notes)
 
 
 def _flashinfer_in_use(facts: Facts) -> tuple[Version | None, str]:

@@ -26,7 +26,7 @@ from packaging.version import Version
 from .. import envs, facts, log_line, patching, policy, targets
 from ..about import PLUGIN, __version__
 from ..bugs import KNOWN_BUGS, RENORMALIZE_METHODS
-from ..decision import Decision, Finding, companion_notes
+from ..decision import Decision, Finding
 from ..errors import describe_error
 from ..vllm_source import imports_flashinfer, vllm_has_module
 from .advice import Recommendation, never_shipped_note, recommend
@@ -422,7 +422,7 @@ def collect(
     plugin = entry_point(environ, entry_points)
     problems = [p for p in (plugin.problem,) if p]
     problems += list(settings.problems)
-    problems += list(companion_notes(found))
+    problems += list(policy.companion_notes(found))
     honoured, bug_notes = policy.bug_settings(settings)
     problems += list(bug_notes)
     return StatusReport(
@@ -525,8 +525,8 @@ def render(status: StatusReport) -> str:
     add(f"decision  {status.action}: {status.reason}")
     if status.assumed:
         add(f"assumed   {', '.join(status.assumed)} (what-if flags)")
-    for note in status.unproven:
-        if note not in status.reason:
+    if status.known_bugs_gpu is not None:  # else the decision's reason says it
+        for note in status.unproven:
             add(f"unproven  {note}")
     for problem in status.problems:
         add(f"problem   {problem}")
